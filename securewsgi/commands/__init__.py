@@ -1,0 +1,1 @@
+"""Console entry points: each module here is one command and only parses arguments."""
