@@ -1,0 +1,6 @@
+"""`python -m securewsgi ...` is `securewsgi-run ...`."""
+import sys
+
+from .commands.run import main
+
+sys.exit(main())

@@ -1,0 +1,309 @@
+"""Turn the `tls` section into a server `ssl.SSLContext`, refusing bad material early.
+
+Why this is not just `load_cert_chain`: OpenSSL's own errors ("PEM lib", "key values
+mismatch") name neither the file nor the fix, and some mistakes (an expired CA, a CRL
+from the wrong issuer) are not errors to OpenSSL at all until every client is refused.
+So each file is first read with `cryptography`, checked, and only then handed to
+OpenSSL. The context built here is a plain stdlib one; the engine makes it green.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from .config import TLSConfig
+from .errors import ConfigError
+
+# Mozilla "intermediate" for TLS 1.2 without DHE: ECDHE key exchange only (forward
+# secrecy) and AEAD ciphers only. TLS 1.3 suites are not affected by this string.
+DEFAULT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+EXPIRY_WARNING_DAYS = 30
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+_MODES = {"server": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "mutual": ssl.CERT_REQUIRED}
+_CA_SUFFIXES = (".pem", ".crt", ".cer")
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What an operator wants to see about a certificate at start-up."""
+
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    serial: int
+
+    @classmethod
+    def from_x509(cls, cert: x509.Certificate) -> CertificateInfo:
+        return cls(
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            sans=_san_strings(cert),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            serial=cert.serial_number,
+        )
+
+    def days_left(self, now: Optional[datetime.datetime] = None) -> int:
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        return (self.not_after - now).days
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """A ready server context plus the facts `--check` and the start-up log print."""
+
+    context: Optional[ssl.SSLContext]
+    mode: str
+    certificate: Optional[CertificateInfo]
+    chain_length: int
+    ca_subjects: tuple[str, ...]
+    crl_revoked: Optional[int]
+    warnings: tuple[str, ...]
+    files: tuple[Path, ...]
+
+    @property
+    def versions(self) -> str:
+        if self.context is None:
+            return "plain HTTP"
+        low = self.context.minimum_version.name.replace("TLSv1_", "TLSv1.")
+        high = self.context.maximum_version
+        top = "TLSv1.3" if high == ssl.TLSVersion.MAXIMUM_SUPPORTED else high.name.replace(
+            "TLSv1_", "TLSv1."
+        )
+        return low if low == top else f"{low}-{top}"
+
+
+def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
+    """Validate every TLS file of `tls` and build the server context from them."""
+    if not tls.enabled:
+        return ServerTLS(None, "none", None, 0, (), None, (), ())
+    assert tls.certfile is not None  # config guarantees it for every TLS mode
+    now = datetime.datetime.now(datetime.timezone.utc)
+    warnings: list[str] = []
+    chain = _read_certificates(source, "tls.certfile", tls.certfile)
+    leaf = chain[0]
+    _check_validity(source, "tls.certfile", tls.certfile, leaf, now, warnings)
+    key_path, key_key = (tls.keyfile, "tls.keyfile") if tls.keyfile else (tls.certfile,
+                                                                           "tls.certfile")
+    key = _read_private_key(source, key_key, key_path, tls.key_password)
+    if _public_bytes(key.public_key()) != _public_bytes(leaf.public_key()):
+        raise ConfigError(
+            source, key_key,
+            f"private key {key_path} does not match the certificate in {tls.certfile}",
+        )
+    ca_certs: list[x509.Certificate] = []
+    if tls.ca_certs is not None:
+        ca_certs = _read_ca_certs(source, tls.ca_certs, now, warnings)
+    crl_revoked = None
+    if tls.crl_file is not None:
+        crl_revoked = _check_crl(source, tls.crl_file, ca_certs, now, warnings)
+    context = _make_context(tls, source, ca_certs)
+    files = tuple(p for p in (tls.certfile, tls.keyfile, tls.ca_certs, tls.crl_file) if p)
+    return ServerTLS(
+        context=context,
+        mode=tls.mode,
+        certificate=CertificateInfo.from_x509(leaf),
+        chain_length=len(chain),
+        ca_subjects=tuple(c.subject.rfc4514_string() for c in ca_certs),
+        crl_revoked=crl_revoked,
+        warnings=tuple(warnings),
+        files=files,
+    )
+
+
+# ------------------------------------------------------------------------ the context
+
+
+def _make_context(tls: TLSConfig, source: Path, ca_certs: Sequence[x509.Certificate]
+                  ) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _VERSIONS[tls.min_version]
+    if tls.max_version:
+        context.maximum_version = _VERSIONS[tls.max_version]
+    context.options |= (
+        ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    )
+    try:
+        context.set_ciphers(tls.ciphers or DEFAULT_CIPHERS)
+    except ssl.SSLError:
+        raise ConfigError(source, "tls.ciphers",
+                          f"OpenSSL accepts no cipher from {tls.ciphers!r}") from None
+    password = tls.key_password
+    try:
+        context.load_cert_chain(
+            str(tls.certfile),
+            str(tls.keyfile) if tls.keyfile else None,
+            password=lambda: (password or "").encode(),
+        )
+    except ssl.SSLError as exc:  # pre-checks passed, so this is rare: say what OpenSSL said
+        raise ConfigError(source, "tls.certfile", f"OpenSSL refused it: {exc.reason or exc}"
+                          ) from None
+    context.verify_mode = _MODES[tls.mode]
+    if ca_certs:
+        pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in ca_certs)
+        context.load_verify_locations(cadata=pem)
+    if tls.crl_file is not None:
+        context.load_verify_locations(cafile=str(tls.crl_file))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    context.set_alpn_protocols(["http/1.1"])
+    context.sni_callback = _remember_server_name
+    return context
+
+
+def _remember_server_name(sslobj: object, server_name: Optional[str],
+                          _context: ssl.SSLContext) -> None:
+    """Keep the SNI name on the connection: Python offers no getter for it later."""
+    with contextlib.suppress(AttributeError):
+        sslobj.securewsgi_sni = server_name  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------- file readers
+
+
+def _read_bytes(source: Path, key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, key, f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_certificates(source: Path, key: str, path: Path) -> list[x509.Certificate]:
+    data = _read_bytes(source, key, path)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ConfigError(source, key, f"no PEM certificate in {path}")
+    return certs
+
+
+def _read_private_key(source: Path, key: str, path: Path, password: Optional[str]):
+    data = _read_bytes(source, key, path)
+    if b"PRIVATE KEY-----" not in data:
+        hint = " (or set tls.keyfile)" if key == "tls.certfile" else ""
+        raise ConfigError(source, key, f"no PEM private key in {path}{hint}")
+    encrypted = b"ENCRYPTED" in data
+    if encrypted and not password:
+        raise ConfigError(source, key, f"{path} is encrypted; set tls.key_password")
+    try:
+        loaded = serialization.load_pem_private_key(
+            data, password=password.encode() if (password and encrypted) else None
+        )
+    except TypeError:
+        raise ConfigError(source, key, f"{path} is encrypted; set tls.key_password") from None
+    except ValueError as exc:
+        if encrypted:
+            raise ConfigError(source, "tls.key_password",
+                              f"wrong password for {path}") from None
+        raise ConfigError(source, key, f"unreadable private key in {path}: {exc}") from None
+    if not isinstance(loaded, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
+                               ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise ConfigError(source, key, f"unsupported key type in {path}")
+    return loaded
+
+
+def _public_bytes(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _read_ca_certs(source: Path, path: Path, now: datetime.datetime,
+                   warnings: list[str]) -> list[x509.Certificate]:
+    """A CA file, or every PEM in a directory (no c_rehash links needed)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _CA_SUFFIXES)
+        if not files:
+            raise ConfigError(source, "tls.ca_certs", f"no .pem/.crt files in directory {path}")
+        certs = [c for f in files for c in _read_certificates(source, "tls.ca_certs", f)]
+    else:
+        certs = _read_certificates(source, "tls.ca_certs", path)
+    usable = []
+    for cert in certs:
+        if now > cert.not_valid_after_utc:
+            raise ConfigError(
+                source, "tls.ca_certs",
+                f"CA {cert.subject.rfc4514_string()} in {path} expired on "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}; every client certificate would fail",
+            )
+        if not _is_ca(cert):
+            warnings.append(f"tls.ca_certs: {cert.subject.rfc4514_string()} in {path} is not a"
+                            " CA certificate (basicConstraints CA:FALSE); it cannot sign clients")
+        usable.append(cert)
+    return usable
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return cert.issuer == cert.subject  # an old-style self-signed root
+
+
+def _check_validity(source: Path, key: str, path: Path, cert: x509.Certificate,
+                    now: datetime.datetime, warnings: list[str]) -> None:
+    if now > cert.not_valid_after_utc:
+        raise ConfigError(source, key, f"certificate {path} expired on "
+                          f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(source, key, f"certificate {path} is not valid before "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    days = (cert.not_valid_after_utc - now).days
+    if days < EXPIRY_WARNING_DAYS:
+        warnings.append(f"{key}: certificate {path} expires in {days} days "
+                        f"({cert.not_valid_after_utc:%Y-%m-%d})")
+
+
+def _check_crl(source: Path, path: Path, ca_certs: Sequence[x509.Certificate],
+               now: datetime.datetime, warnings: list[str]) -> int:
+    """A CRL must be signed by a client CA and current, or OpenSSL refuses everyone."""
+    data = _read_bytes(source, "tls.crl_file", path)
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise ConfigError(source, "tls.crl_file", f"no PEM CRL in {path}") from None
+    issuers = [ca for ca in ca_certs if ca.subject == crl.issuer]
+    if not any(crl.is_signature_valid(ca.public_key()) for ca in issuers):  # type: ignore[arg-type]
+        raise ConfigError(source, "tls.crl_file",
+                          f"{path} is not signed by any CA in tls.ca_certs; every client "
+                          "certificate would be refused")
+    next_update = crl.next_update_utc
+    if next_update is not None and now > next_update:
+        raise ConfigError(source, "tls.crl_file",
+                          f"{path} expired on {next_update:%Y-%m-%d}; OpenSSL refuses every "
+                          "client with an expired CRL")
+    others = [c.subject.rfc4514_string() for c in ca_certs if c.subject != crl.issuer]
+    if others:
+        warnings.append("tls.crl_file: no CRL for " + "; ".join(others)
+                        + ": clients signed by them will be refused")
+    return len(list(crl))
+
+
+def _san_strings(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    out = []
+    for name in sans:
+        kind = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.UniformResourceIdentifier: "URI",
+                x509.RFC822Name: "email"}.get(type(name), type(name).__name__)
+        out.append(f"{kind}:{name.value}")
+    return tuple(out)
+

@@ -1,0 +1,97 @@
+"""What a finished TLS handshake tells the application, computed once per connection.
+
+The engine calls `connection_environ` right after the handshake and merges the result
+into the environ of every request on that connection. It is engine-neutral: it only
+needs the `ssl.SSLSocket` / `ssl.SSLObject` interface.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .identity import PeerIdentity
+
+TLS_PEER_KEY = "securewsgi.tls_peer"
+"""environ key of the `PeerIdentity` verified by *our* handshake (or None).
+
+The identity middleware reads it; it is the only hand-off between server and
+middleware, so a header can never reach it (header keys all start with HTTP_).
+"""
+
+
+def connection_environ(tls_socket: Any) -> dict[str, Any]:
+    """TLS facts for environ: scheme, protocol, cipher, SNI and the verified peer."""
+    cipher = tls_socket.cipher()
+    env: dict[str, Any] = {
+        "wsgi.url_scheme": "https",
+        "HTTPS": "on",
+        "SSL_PROTOCOL": tls_socket.version() or "",
+        "SSL_CIPHER": cipher[0] if cipher else "",
+    }
+    server_name: Optional[str] = getattr(tls_socket, "securewsgi_sni", None)
+    if server_name:
+        env["SSL_TLS_SNI"] = server_name
+    der = tls_socket.getpeercert(binary_form=True)
+    # The context verified this certificate during the handshake (CERT_OPTIONAL or
+    # CERT_REQUIRED); with CERT_NONE OpenSSL never asks for one, so der is None.
+    env[TLS_PEER_KEY] = PeerIdentity.from_der(der, source="tls") if der else None
+    return env
+
+
+def plain_environ() -> dict[str, Any]:
+    """tls.mode none: say so explicitly rather than leave the keys undefined."""
+    return {"wsgi.url_scheme": "http", TLS_PEER_KEY: None}
+
+
+# OpenSSL reason codes (`SSLError.reason`) -> what an operator should read in the log.
+_REASONS = {
+    "HTTP_REQUEST": "plain HTTP sent to the TLS port",
+    "HTTPS_PROXY_REQUEST": "HTTP proxy request sent to the TLS port",
+    "WRONG_VERSION_NUMBER": "not a TLS client hello (garbage or wrong protocol)",
+    "UNSUPPORTED_PROTOCOL": "client offered only TLS versions below the server minimum",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common",
+    "NO_SHARED_CIPHER": "no cipher in common",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "client does not trust the server certificate (unknown CA)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "client rejected the server certificate (bad certificate,"
+                                   " e.g. hostname mismatch)",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "client says the server certificate expired",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "client rejected the server certificate",
+    "UNEXPECTED_EOF_WHILE_READING": "client closed the connection during the handshake",
+    "EOF": "client closed the connection during the handshake",
+    "RECORD_LAYER_FAILURE": "malformed TLS record",
+    "PACKET_LENGTH_TOO_LONG": "malformed TLS record",
+    "UNSAFE_LEGACY_RENEGOTIATION_DISABLED": "renegotiation refused",
+}
+# X509 verify results (`SSLCertVerificationError.verify_message`) for client certs.
+_VERIFY = {
+    "unable to get local issuer certificate": "client certificate from an unknown CA",
+    "self-signed certificate": "self-signed client certificate",
+    "self signed certificate": "self-signed client certificate",
+    "certificate has expired": "client certificate expired",
+    "certificate is not yet valid": "client certificate not yet valid",
+    "certificate revoked": "client certificate revoked",
+    "unsuitable certificate purpose": "client certificate not for client authentication"
+                                      " (missing clientAuth extended key usage)",
+    "unable to get certificate CRL": "no CRL for the client certificate's issuer",
+    "CRL has expired": "the CRL has expired",
+}
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """One plain sentence for a failed server-side handshake (for the INFO log line)."""
+    verify_message = getattr(exc, "verify_message", None)
+    if verify_message:
+        return _VERIFY.get(verify_message, f"client certificate refused: {verify_message}")
+    reason = getattr(exc, "reason", None)
+    if reason in _REASONS:
+        return _REASONS[reason]
+    if reason:
+        return reason.replace("_", " ").lower()
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the client during the handshake"
+    if isinstance(exc, (BrokenPipeError, ConnectionAbortedError)):
+        return "connection closed by the client during the handshake"
+    text = str(exc) or type(exc).__name__
+    if "EOF occurred" in text:
+        return "client closed the connection during the handshake"
+    return text

@@ -1,0 +1,276 @@
+"""Test support: a real securewsgi process on 127.0.0.1, a test PKI, and real clients.
+
+No mocks: every server test starts `python -m securewsgi --config FILE` in its own
+process with port 0, learns the port from its start-up log line, and talks to it over
+loopback with `requests`, `ssl` sockets, `curl` or `openssl s_client`. Waits poll with
+a deadline; nothing sleeps a fixed time.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import requests
+import yaml
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from securewsgi import pki
+
+REPO = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on (https?)://(\[[^\]]+\]|[^:]+):(\d+)")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------------------ PKI
+
+
+@dataclass
+class Client:
+    """A client certificate on disk."""
+
+    cert: Path
+    key: Path
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return str(self.cert), str(self.key)
+
+
+class PKIFiles:
+    """A CA with server and client certificates (good and deliberately bad)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = pki.CertificateAuthority.create("securewsgi test CA")
+        self.ca_pem = self._write_cert("ca.pem", self.ca.cert)
+        self.server_cert, self.server_key = self.write_pair(
+            "server", *self.ca.issue_server(["localhost", "127.0.0.1", "::1"]))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.clients: dict[str, Client] = {}
+        self.add_client("alice", san_uri=["spiffe://example.org/ns/ops/alice"])
+        self.add_client("bob")
+        self.add_client("expired", not_before=now - datetime.timedelta(days=30),
+                        not_after=now - datetime.timedelta(days=1))
+        self.add_client("future", not_before=now + datetime.timedelta(days=1),
+                        not_after=now + datetime.timedelta(days=30))
+        self.add_client("server-eku", extended_key_usage=(ExtendedKeyUsageOID.SERVER_AUTH,))
+        self.other_ca = pki.CertificateAuthority.create("some other CA")
+        self.other_ca_pem = self._write_cert("other-ca.pem", self.other_ca.cert)
+        cert, key = self.other_ca.issue_client("mallory")
+        self.clients["unknown-ca"] = Client(*self.write_pair("mallory", cert, key))
+        self.crl = self.dir / "crl.pem"
+        pki.write_crl(self.crl, self.ca.build_crl([]))
+
+    def add_client(self, name: str, **kwargs: Any) -> Client:
+        cert, key = self.ca.issue_client(name, **kwargs)
+        client = Client(*self.write_pair(name, cert, key))
+        self.clients[name] = client
+        return client
+
+    def write_pair(self, stem: str, cert: Any, key: Any) -> tuple[Path, Path]:
+        cert_path = self._write_cert(f"{stem}.pem", cert)
+        key_path = self.dir / f"{stem}-key.pem"
+        pki.write_key(key_path, key)
+        return cert_path, key_path
+
+    def _write_cert(self, name: str, cert: Any) -> Path:
+        path = self.dir / name
+        pki.write_cert(path, cert)
+        return path
+
+    def tls_section(self, mode: str = "mutual", **extra: Any) -> dict[str, Any]:
+        section: dict[str, Any] = {"mode": mode, "certfile": str(self.server_cert),
+                                   "keyfile": str(self.server_key)}
+        if mode in ("optional", "mutual"):
+            section["ca_certs"] = str(self.ca_pem)
+        section.update(extra)
+        return section
+
+
+# --------------------------------------------------------------------------- server
+
+
+class ServerProcess:
+    """`python -m securewsgi --config FILE` in a child process we own (stopped by PID)."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], name: str = "service",
+                 suffix: str = ".yaml", text: Optional[str] = None,
+                 env: Optional[dict[str, str]] = None) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = directory / f"{name}{suffix}"
+        if text is None:
+            config.setdefault("server", {}).setdefault("port", 0)
+            config.setdefault("app", {"factory": "securewsgi.demo:app"})
+            text = yaml.safe_dump(config)
+        self.config_path.write_text(text)
+        self.stdout_path = directory / f"{name}.stdout"
+        self.stderr_path = directory / f"{name}.stderr"
+        self.env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+        self.proc: Optional[subprocess.Popen] = None
+        self.scheme = "https"
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "securewsgi", "--config", str(self.config_path)],
+                stdout=out, stderr=err, env=self.env, cwd=str(self.dir),
+            )
+
+        def listening() -> Optional[re.Match]:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n"
+                                     f"{self.stderr}")
+            return _LISTENING.search(self.stderr)
+
+        match = wait_for(listening, timeout, what="the server's 'listening on' line")
+        self.scheme, self.host, self.port = match.group(1), match.group(2).strip("[]"), int(
+            match.group(3))
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def url(self, path: str = "/", host: str = "localhost") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def settled_fds(self, timeout: float = 10.0) -> int:
+        """The fd count once it stops changing (connections being closed settle)."""
+        readings: list = []
+
+        def settled() -> bool:
+            readings.append(self.open_fds())
+            return len(readings) >= 5 and len(set(readings[-5:])) == 1
+
+        wait_for(settled, timeout, interval=0.05, what="a settled fd count")
+        return readings[-1]
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def wait_log(self, pattern: str, timeout: float = 10.0, stream: str = "stderr") -> str:
+        return wait_for(lambda: re.search(pattern, getattr(self, stream)) and getattr(
+            self, stream), timeout, what=f"log line matching {pattern!r}")
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def run_command(*args: str, timeout: float = 60.0, **kwargs: Any
+                ) -> subprocess.CompletedProcess:
+    """Run one of our console commands as a user would (a separate process)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          env=env, **kwargs)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def session(ca: Path, client: Optional[Client] = None) -> requests.Session:
+    """A requests session that trusts only `ca` (REQUESTS_CA_BUNDLE is ignored: FACTS 22)."""
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(ca)
+    if client is not None:
+        s.cert = client.pair
+    return s
+
+
+def client_context(ca: Path, client: Optional[Client] = None,
+                   minimum: Optional[ssl.TLSVersion] = None,
+                   maximum: Optional[ssl.TLSVersion] = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        ctx.load_cert_chain(*client.pair)
+    if minimum is not None:
+        ctx.minimum_version = minimum
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+def raw_https(server: ServerProcess, request: bytes, ctx: ssl.SSLContext,
+              timeout: float = 10.0) -> bytes:
+    """Send `request` bytes over TLS exactly as given; return everything read."""
+    with socket.create_connection((server.host, server.port), timeout=timeout) as sock, \
+            ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = tls.recv(65536)
+            except (ssl.SSLZeroReturnError, ConnectionResetError):
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
+    assert match, f"not an HTTP response: {response[:200]!r}"
+    return int(match.group(1))
+
+
+def openssl_s_client(server: ServerProcess, *args: str, request: bytes = b"",
+                     timeout: float = 20.0) -> subprocess.CompletedProcess:
+    cmd = ["openssl", "s_client", "-connect", f"{server.host}:{server.port}",
+           "-servername", "localhost", "-ign_eof", *args]
+    return subprocess.run(cmd, input=request, capture_output=True, timeout=timeout)
