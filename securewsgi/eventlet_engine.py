@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import greenlet
 
 with warnings.catch_warnings():  # eventlet warns about its own deprecation on import
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     import eventlet
     import eventlet.event
     import eventlet.greenio
@@ -40,9 +40,13 @@ with warnings.catch_warnings():  # eventlet warns about its own deprecation on i
 import contextlib
 
 from .config import ServerConfig
+from .logs import RateLimitedLog
 from .tlsfacts import connection_environ, handshake_failure_reason, plain_environ
 
 log = logging.getLogger("securewsgi.server")
+# Refused handshakes are triggered by clients at will: rate-limit their log lines.
+handshake_log = RateLimitedLog(logging.getLogger("securewsgi.handshake"))
+Task = Callable[[], None]
 
 ContextGetter = Callable[[], Optional[ssl.SSLContext]]
 WSGIApp = Callable[..., Any]
@@ -58,8 +62,13 @@ _TICK_SECONDS = 0.5
 _OS_SOCKET = eventlet.patcher.original("socket").socket
 
 
-def prepare_process(monkey_patch: bool) -> None:
-    """Make blocking calls in the user's app cooperative, before the app is imported."""
+def prepare_process(monkey_patch: bool, forked: bool = False) -> None:
+    """Make blocking calls in the user's app cooperative, before the app is imported.
+
+    In a worker forked from the supervisor, start from a fresh hub (FACTS 15).
+    """
+    if forked:
+        eventlet.hubs.use_hub()
     if monkey_patch:
         eventlet.monkey_patch()
 
@@ -125,14 +134,13 @@ class _EventletLog:
 
 
 class _Connections:
-    """Live connections, so a forced stop can say how many requests it cut."""
+    """Counts requests being answered, so a forced stop can say how many it cut."""
 
     def __init__(self) -> None:
-        self.live: dict[int, list[Any]] = {}
+        self.requests = 0
 
     def in_flight(self) -> int:
-        return sum(1 for state in self.live.values()
-                   if state[2] == eventlet.wsgi.STATE_REQUEST)
+        return self.requests
 
 
 def _make_protocol(context: ContextGetter, config: ServerConfig,
@@ -145,17 +153,19 @@ def _make_protocol(context: ContextGetter, config: ServerConfig,
         conn_environ: dict[str, Any]
 
         def __init__(self, conn_state: list[Any], server: Any) -> None:
-            key = id(conn_state)
-            connections.live[key] = conn_state
+            ctx = context()
+            if ctx is None:
+                self.conn_environ = plain_environ()
+            elif not self._handshake(conn_state, ctx):
+                return
+            super().__init__(conn_state, server)
+
+        def handle_one_response(self) -> None:
+            connections.requests += 1
             try:
-                ctx = context()
-                if ctx is None:
-                    self.conn_environ = plain_environ()
-                elif not self._handshake(conn_state, ctx):
-                    return
-                super().__init__(conn_state, server)
+                super().handle_one_response()
             finally:
-                connections.live.pop(key, None)
+                connections.requests -= 1
 
         def _handshake(self, conn_state: list[Any], ctx: ssl.SSLContext) -> bool:
             peer = conn_state[0]
@@ -172,7 +182,8 @@ def _make_protocol(context: ContextGetter, config: ServerConfig,
                 reason = f"no TLS handshake within {handshake_timeout:g}s"
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 reason = handshake_failure_reason(exc)
-            log.info("TLS handshake failed: client=%s reason=%s", _address(peer), reason)
+            handshake_log.info("TLS handshake failed: client=%s reason=%s", _address(peer),
+                               reason)
             conn_state[1].close()
             return False
 
@@ -205,8 +216,17 @@ def _address(addr: Any) -> str:
 
 
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
-        context: ContextGetter) -> int:
-    """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code."""
+        context: ContextGetter, *, on_signal: Optional[dict[int, Task]] = None,
+        every: Optional[list[tuple[float, Task]]] = None,
+        at_start: Optional[list[Task]] = None) -> int:
+    """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code.
+
+    `context` is asked for the current SSLContext at every new connection (so a reload
+    takes effect for new connections only). `on_signal` maps other signals (SIGHUP) to
+    tasks, and `every` lists (seconds, task) to run periodically; both run in their own
+    greenthreads, so a slow task never blocks serving. `at_start` tasks run once,
+    after the signal handlers are installed.
+    """
     connections = _Connections()
     stop = eventlet.event.Event()
     green_listener = _ResilientListener(listener)
@@ -228,23 +248,47 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         capitalize_response_headers=config.capitalize_response_headers,
     )
     server.link(lambda _gt: stop.ready() or stop.send("the server loop ended"))
-    _install_signal_handlers(stop)
-    ticker = eventlet.spawn(_tick, stop)
+    _install_signal_handlers(stop, on_signal or {})
+    for task in at_start or []:
+        eventlet.spawn_n(_run_task, task)
+    helpers = [eventlet.spawn(_tick, stop)]
+    for seconds, task in [(5.0, handshake_log.flush), *(every or [])]:
+        helpers.append(eventlet.spawn(_repeat, seconds, task))
     why = stop.wait()
-    ticker.kill()
+    for helper in helpers:
+        helper.kill()
     if why == "the server loop ended":
         log.error("the accept loop ended unexpectedly; exiting")
         return 1
     return _stop_gracefully(server, green_listener, config.shutdown_timeout, connections, why)
 
 
-def _install_signal_handlers(stop: Any) -> None:
-    def on_signal(signum: int, _frame: Any) -> None:
+def _install_signal_handlers(stop: Any, tasks: dict[int, Task]) -> None:
+    def on_stop(signum: int, _frame: Any) -> None:
         if not stop.ready():
             stop.send(signal.Signals(signum).name)
 
+    def on_task(signum: int, _frame: Any) -> None:
+        # Not in the signal handler itself: that may interrupt any greenthread.
+        eventlet.spawn_n(_run_task, tasks[signum])
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+        signal.signal(signum, on_stop)
+    for signum in tasks:
+        signal.signal(signum, on_task)
+
+
+def _run_task(task: Task) -> None:
+    try:
+        task()
+    except Exception:
+        log.exception("background task %s failed", getattr(task, "__qualname__", task))
+
+
+def _repeat(seconds: float, task: Task) -> None:
+    while True:
+        eventlet.sleep(seconds)
+        _run_task(task)
 
 
 def _tick(stop: Any) -> None:

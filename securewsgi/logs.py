@@ -103,3 +103,36 @@ def _replace_handlers(logger: logging.Logger, handler: Optional[logging.Handler]
     if handler is not None and formatter is not None:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
+
+
+class RateLimitedLog:
+    """A token bucket in front of a logger, for lines a client can trigger at will
+    (refused handshakes): a flood must not fill the disk, yet the operator must learn
+    how much was dropped. `flush()` (called periodically) reports the count."""
+
+    def __init__(self, logger: logging.Logger, rate: float = 10.0, burst: int = 100,
+                 clock: Any = time.monotonic) -> None:
+        self.logger = logger
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self.updated = clock()
+        self.suppressed = 0
+
+    def info(self, msg: str, *args: Any) -> None:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            self.suppressed += 1
+            return
+        self.tokens -= 1
+        self.flush()
+        self.logger.info(msg, *args)
+
+    def flush(self) -> None:
+        if self.suppressed:
+            count, self.suppressed = self.suppressed, 0
+            self.logger.warning("%d similar line(s) suppressed (more than %g per second)",
+                                count, self.rate)

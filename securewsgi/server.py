@@ -9,15 +9,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from typing import Any, Callable
+import signal
+import socket
+from typing import Any, Callable, Optional
 
 from . import __version__
 from .accesslog import AccessLog
 from .appload import load_app
 from .config import Config
+from .errors import ConfigError, StartupError
 from .listener import bind_listener
 from .logs import setup_logging
 from .middleware import IdentityMiddleware
+from .reload import TLSReloader
 from .tls import ServerTLS, build_server_tls
 
 log = logging.getLogger("securewsgi.server")
@@ -33,29 +37,87 @@ def build_pipeline(app: WSGIApp, config: Config) -> WSGIApp:
 
 def prepare(config: Config) -> tuple:
     """Everything `--check` validates and `serve` needs, without binding a port."""
-    if config.server.workers > 1:
-        raise config.error("server.workers", "more than one worker is not built yet; use 1")
-    if config.tls.reload_interval > 0:
-        raise config.error("tls.reload_interval", "certificate reloading is not built yet; "
-                           "use 0 and restart to rotate certificates")
     tls = build_server_tls(config.tls, config.source)
     app = build_pipeline(load_app(config.app, config.source), config)
     return tls, app
 
 
 def serve(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT; return the process exit code."""
+    """Serve until SIGTERM/SIGINT; return the process exit code.
+
+    One worker runs in this process. More are forked by the supervisor after the TLS
+    material was checked and the socket bound here, so a mistake in either is reported
+    once, before any worker starts; each worker then imports the app itself.
+    """
     setup_logging(config.logging)
+    if config.server.workers == 1:
+        return _run_worker(config, None, forked=False)
+    tls = build_server_tls(config.tls, config.source)
+    listener = _bind_and_announce(config, tls)
+    from .supervisor import Supervisor
+
+    supervisor = Supervisor(config.server.workers,
+                            lambda: _worker_main(config, listener),
+                            config.server.shutdown_timeout, on_stop=listener.close)
+    return supervisor.run()
+
+
+def _worker_main(config: Config, listener: socket.socket) -> int:
+    """A forked worker: report configuration problems as the one-line errors they are."""
+    try:
+        return _run_worker(config, listener, forked=True)
+    except (ConfigError, StartupError) as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+
+
+class _EarlySignals:
+    """A signal that arrives while the worker still starts must neither kill it (the
+    default action) nor be lost: remember it and send it again once the engine has
+    installed its own handlers (SIGTERM then stops gracefully, SIGHUP reloads)."""
+
+    SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._remember)
+        # A forked worker starts with these blocked (see supervisor.Supervisor._spawn).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def _remember(self, signum: int, _frame: Any) -> None:
+        if signum not in self.seen:
+            self.seen.append(signum)
+
+    def replay(self) -> None:
+        for signum in self.seen:
+            os.kill(os.getpid(), signum)
+
+
+def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool) -> int:
+    early_signals = _EarlySignals()
     from . import eventlet_engine as engine  # imported late: only serving needs eventlet
 
-    engine.prepare_process(config.server.monkey_patch)  # before the app is imported
+    engine.prepare_process(config.server.monkey_patch, forked=forked)  # before the app
     tls, app = prepare(config)
+    if listener is None:
+        listener = _bind_and_announce(config, tls)
+    reloader = TLSReloader(config.tls, config.source, tls)
+    every = []
+    if config.tls.reload_interval > 0 and config.tls.enabled:
+        every.append((config.tls.reload_interval, reloader.poll))
+    return engine.run(listener, app, config.server, reloader.context,
+                      on_signal={signal.SIGHUP: lambda: reloader.reload("SIGHUP")},
+                      every=every, at_start=[early_signals.replay])
+
+
+def _bind_and_announce(config: Config, tls: ServerTLS) -> socket.socket:
     listener = bind_listener(config.server.host, config.server.port, config.server.backlog)
     for line in summary_lines(config, tls, listener.getsockname()[1]):
         log.info("%s", line)
     for warning in tls.warnings + tuple(plain_http_warnings(config)):
         log.warning("%s", warning)
-    return engine.run(listener, app, config.server, lambda: tls.context)
+    return listener
 
 
 def url(config: Config, port: int) -> str:

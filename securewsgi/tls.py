@@ -36,6 +36,11 @@ _MODES = {"server": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "mutual": ssl.
 _CA_SUFFIXES = (".pem", ".crt", ".cer")
 
 
+def ca_files(path: Path) -> list[Path]:
+    """The CA files of a `ca_certs` directory: every .pem/.crt/.cer in it, sorted."""
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in _CA_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class CertificateInfo:
     """What an operator wants to see about a certificate at start-up."""
@@ -228,7 +233,7 @@ def _read_ca_certs(source: Path, path: Path, now: datetime.datetime,
                    warnings: list[str]) -> list[x509.Certificate]:
     """A CA file, or every PEM in a directory (no c_rehash links needed)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _CA_SUFFIXES)
+        files = ca_files(path)
         if not files:
             raise ConfigError(source, "tls.ca_certs", f"no .pem/.crt files in directory {path}")
         certs = [c for f in files for c in _read_certificates(source, "tls.ca_certs", f)]
