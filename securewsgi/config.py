@@ -48,6 +48,10 @@ class ServerConfig:
     socket_timeout: float = 60.0
     keepalive: Union[bool, float] = True
     shutdown_timeout: float = 30.0
+    header_timeout: float = 30.0
+    max_header_count: int = 100
+    max_header_bytes: int = 65536
+    max_request_body: Optional[int] = None
     max_http_version: str = "HTTP/1.1"
     url_length_limit: int = 8192
     minimum_chunk_size: int = 4096
@@ -473,6 +477,10 @@ def _read_server(source: Path, raw: Any) -> ServerConfig:
         socket_timeout=s.take("socket_timeout", seconds(), d.socket_timeout),
         keepalive=s.take("keepalive", _keepalive, d.keepalive),
         shutdown_timeout=s.take("shutdown_timeout", seconds(allow_zero=True), d.shutdown_timeout),
+        header_timeout=s.take("header_timeout", seconds(), d.header_timeout),
+        max_header_count=s.take("max_header_count", int_in(1, 10_000), d.max_header_count),
+        max_header_bytes=s.take("max_header_bytes", int_in(1024, 1 << 24), d.max_header_bytes),
+        max_request_body=s.take("max_request_body", optional(int_in(0)), None),
         max_http_version=s.take(
             "max_http_version", one_of("HTTP/1.1", "HTTP/1.0"), d.max_http_version
         ),

@@ -3,29 +3,33 @@
 eventlet is in maintenance mode; keeping every eventlet-specific line here means
 another engine can serve the same `Config` one day by implementing `run()`.
 
-How a connection flows (see FACTS.md for the traps each step avoids):
+What eventlet provides: green sockets, a pool of greenthreads, timeouts and signals.
+What it no longer provides: `eventlet.wsgi`. Its protocol parses leniently and slowly
+(see http11.py), and its server loop dies on an accept() error (FACTS 10), keeps the
+listener open while draining (FACTS 14) and cannot handshake per connection with a
+deadline (FACTS 5). So the loop is ours and short:
 
-1. `eventlet.wsgi.server` accepts on a *plain* listening socket through
-   `_ResilientListener`, whose `accept()` survives EMFILE and friends (FACTS 10).
-2. It spawns our protocol in a greenthread of the pool. The protocol wraps the socket
-   with the current `SSLContext` and completes the handshake *there*, under a total
-   deadline of `handshake_timeout` (FACTS 5), so a silent or slow client only ever
-   costs its own greenthread. Failures are logged once, at INFO, with a plain reason
-   (FACTS 11: eventlet would print a traceback per failure).
-3. The TLS facts of the connection are computed once (`tlsfacts`) and merged into the
-   environ of each request; everything else is `eventlet.wsgi` as users know it.
+1. accept on the *plain* listening socket, retrying transient errors;
+2. per connection, in its own greenthread of a pool of `max_connections`: wrap with
+   the current SSLContext and finish the handshake under a total `handshake_timeout`
+   (a silent or slow client only costs its own greenthread); failures are one
+   rate-limited INFO line with a plain reason;
+3. compute the TLS facts once (`tlsfacts`), then `http11.Connection` serves requests.
+
+When the pool is full, accept() waits: new connections queue in the kernel backlog and
+nothing already open suffers.
 """
 from __future__ import annotations
 
 import errno
 import logging
+import resource
 import signal
 import socket
 import ssl
+import sys
 import warnings
 from typing import Any, Callable, Optional
-
-import greenlet
 
 with warnings.catch_warnings():  # eventlet warns about its own deprecation on import
     warnings.simplefilter("ignore")
@@ -34,29 +38,26 @@ with warnings.catch_warnings():  # eventlet warns about its own deprecation on i
     import eventlet.greenio
     import eventlet.hubs
     import eventlet.patcher
-    import eventlet.wsgi
     from eventlet.green.ssl import GreenSSLSocket
 
 import contextlib
 
 from .config import ServerConfig
+from .http11 import AccessLogger, Connection, HTTPOptions
 from .logs import RateLimitedLog
 from .tlsfacts import connection_environ, handshake_failure_reason, plain_environ
 
 log = logging.getLogger("securewsgi.server")
 # Refused handshakes are triggered by clients at will: rate-limit their log lines.
 handshake_log = RateLimitedLog(logging.getLogger("securewsgi.handshake"))
-Task = Callable[[], None]
 
 ContextGetter = Callable[[], Optional[ssl.SSLContext]]
 WSGIApp = Callable[..., Any]
+Task = Callable[[], None]
 
 # Errors from accept() that mean "try again shortly", not "the server is broken".
 _TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
-                     errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
-# eventlet.wsgi writes the access line through `log.info(log_format % {...})`; our
-# own access log (accesslog.py) replaces it, so the line is a constant to drop.
-_DROP_ACCESS_LINE = "securewsgi: eventlet access line"
+                     errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
 _TICK_SECONDS = 0.5
 # The real socket class, even after monkey_patch() replaced `socket.socket`.
 _OS_SOCKET = eventlet.patcher.original("socket").socket
@@ -73,139 +74,17 @@ def prepare_process(monkey_patch: bool, forked: bool = False) -> None:
         eventlet.monkey_patch()
 
 
-class _TLSConnection(GreenSSLSocket):
+class _TLSSocket(GreenSSLSocket):
     """A server-side green TLS socket whose `shutdown()` keeps the TLS state.
 
-    eventlet's graceful stop calls `shutdown()` on idle keep-alive sockets so that
-    their reader wakes up. `SSLSocket.shutdown` drops the SSL object first, and the
-    waking reader then dies with "Read on closed or unwrapped SSL socket" (FACTS 14).
-    Shutting down only the TCP layer makes the reader see a clean EOF instead.
+    A graceful stop shuts idle connections down so that their reader wakes up.
+    `SSLSocket.shutdown` drops the SSL object first, and the waking reader then dies
+    with "Read on closed or unwrapped SSL socket" (FACTS 14); shutting down only the
+    TCP layer makes it see a clean end of stream instead.
     """
 
     def shutdown(self, how: int) -> None:
         _OS_SOCKET.shutdown(self, how)
-
-
-class _ResilientListener:
-    """The listening socket as eventlet.wsgi.server sees it: accept() never gives up
-    on a transient error (FACTS 10), it waits a moment and tries again."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = eventlet.greenio.GreenSocket(sock)
-        self._warned = False
-
-    def accept(self) -> Any:
-        while True:
-            try:
-                return self._sock.accept()
-            except OSError as exc:
-                if exc.errno not in _TRANSIENT_ACCEPT:
-                    raise
-                if not self._warned:
-                    log.warning("accept() failed (%s); retrying", errno.errorcode.get(
-                        exc.errno, exc.errno))
-                    self._warned = True
-                eventlet.sleep(0.05)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-class _EventletLog:
-    """Routes eventlet.wsgi's own log calls: app tracebacks and I/O errors to our error
-    log, its access line to nowhere (accesslog.py writes a richer one)."""
-
-    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        if msg == _DROP_ACCESS_LINE:
-            return
-        if msg.startswith("Traceback"):  # an exception escaped the app: a 500 was sent
-            log.error("application error: %s", msg.rstrip())
-        else:  # "wsgi starting up on http://..." and friends: ours are clearer
-            log.debug("eventlet: %s", msg.rstrip())
-
-    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        log.error("%s", msg.rstrip())
-
-    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        log.debug("%s", msg.rstrip())
-
-    def write(self, msg: str, *args: Any) -> None:
-        self.info(msg)
-
-
-class _Connections:
-    """Counts requests being answered, so a forced stop can say how many it cut."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-
-    def in_flight(self) -> int:
-        return self.requests
-
-
-def _make_protocol(context: ContextGetter, config: ServerConfig,
-                   connections: _Connections) -> type:
-    handshake_timeout = config.handshake_timeout
-
-    class TLSProtocol(eventlet.wsgi.HttpProtocol):
-        """eventlet's HTTP/1.1 protocol, entered only after our own TLS handshake."""
-
-        conn_environ: dict[str, Any]
-
-        def __init__(self, conn_state: list[Any], server: Any) -> None:
-            ctx = context()
-            if ctx is None:
-                self.conn_environ = plain_environ()
-            elif not self._handshake(conn_state, ctx):
-                return
-            super().__init__(conn_state, server)
-
-        def handle_one_response(self) -> None:
-            connections.requests += 1
-            try:
-                super().handle_one_response()
-            finally:
-                connections.requests -= 1
-
-        def _handshake(self, conn_state: list[Any], ctx: ssl.SSLContext) -> bool:
-            peer = conn_state[0]
-            try:
-                tls = GreenSSLSocket(conn_state[1], server_side=True,
-                                     do_handshake_on_connect=False, _context=ctx)
-                tls.__class__ = _TLSConnection
-                conn_state[1] = tls  # the server's cleanup closes conn_state[1] (FACTS 6)
-                with eventlet.Timeout(handshake_timeout):
-                    tls.do_handshake()
-                self.conn_environ = connection_environ(tls)
-                return True
-            except eventlet.Timeout:
-                reason = f"no TLS handshake within {handshake_timeout:g}s"
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                reason = handshake_failure_reason(exc)
-            handshake_log.info("TLS handshake failed: client=%s reason=%s", _address(peer),
-                               reason)
-            conn_state[1].close()
-            return False
-
-        def handle(self) -> None:
-            """Requests until the connection ends; a peer's TLS alert or reset ends it
-            quietly (eventlet would let the error escape and print a traceback)."""
-            try:
-                super().handle()
-            except socket.timeout:
-                log.debug("idle connection timed out: client=%s", _address(self.client_address))
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                log.info("connection ended by an error: client=%s reason=%s",
-                         _address(self.client_address), handshake_failure_reason(exc))
-            self.close_connection = 1
-
-        def get_environ(self) -> dict[str, Any]:
-            environ = super().get_environ()
-            environ.update(self.conn_environ)
-            environ["SERVER_PROTOCOL"] = self.request_version  # eventlet always says 1.0
-            return environ
-
-    return TLSProtocol
 
 
 def _address(addr: Any) -> str:
@@ -215,8 +94,166 @@ def _address(addr: Any) -> str:
     return str(addr)
 
 
+def http_options(config: ServerConfig) -> HTTPOptions:
+    return HTTPOptions(
+        keepalive=config.keepalive,
+        socket_timeout=config.socket_timeout,
+        header_timeout=config.header_timeout,
+        url_length_limit=config.url_length_limit,
+        max_header_count=config.max_header_count,
+        max_header_bytes=config.max_header_bytes,
+        max_request_body=config.max_request_body,
+        max_http_version=config.max_http_version,
+        minimum_chunk_size=config.minimum_chunk_size,
+        capitalize_response_headers=config.capitalize_response_headers,
+    )
+
+
+class _Server:
+    """The accept loop, the connections it owns, and how they end."""
+
+    def __init__(self, listener: socket.socket, app: WSGIApp, config: ServerConfig,
+                 context: ContextGetter, access_log: Optional[AccessLogger]) -> None:
+        self.listener = eventlet.greenio.GreenSocket(listener)
+        self.app = app
+        self.config = config
+        self.context = context
+        self.access_log = access_log
+        self.options = http_options(config)
+        self.pool = eventlet.GreenPool(config.max_connections)
+        self.connections: set[Connection] = set()
+        host, port = listener.getsockname()[:2]
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": config.workers > 1,
+            "wsgi.run_once": False,
+            "SERVER_NAME": host,
+            "SERVER_PORT": str(port),
+            "GATEWAY_INTERFACE": "CGI/1.1",
+        }
+        self.accepting = True
+        self._warned_accept = False
+
+    # ------------------------------------------------------------------ accepting
+
+    def accept_forever(self) -> None:
+        while self.accepting:
+            try:
+                sock, addr = self.listener.accept()
+            except OSError as exc:
+                if not self.accepting:
+                    return
+                if exc.errno not in _TRANSIENT_ACCEPT:
+                    raise
+                self._accept_failed(exc)
+                continue
+            self.pool.spawn_n(self._connection, sock, addr)  # waits while the pool is full
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """EMFILE and friends: wait a moment instead of ending the server (FACTS 10)."""
+        if not self._warned_accept:
+            self._warned_accept = True
+            log.warning("accept() failed (%s); retrying (raise the open-file limit or "
+                        "lower server.max_connections)", errno.errorcode.get(exc.errno))
+        eventlet.sleep(0.05)
+
+    # ----------------------------------------------------------------- a connection
+
+    def _connection(self, sock: Any, addr: Any) -> None:
+        peer = _address(addr)
+        conn = Connection(sock, self.app, self.base, self.options, self.access_log, peer)
+        self.connections.add(conn)
+        try:
+            base = self._handshake(conn, addr)
+            if base is not None and not conn.closing:
+                conn.base = base
+                conn.serve()
+        finally:
+            self.connections.discard(conn)
+            _close(conn.sock)
+
+    def _handshake(self, conn: Connection, addr: Any) -> Optional[dict]:
+        """Wrap and handshake in this greenthread, under a total deadline (FACTS 5)."""
+        conn.sock.settimeout(self.config.socket_timeout)
+        ctx = self.context()
+        if ctx is None:
+            facts = plain_environ()
+        else:
+            timeout = self.config.handshake_timeout
+            try:
+                tls = GreenSSLSocket(conn.sock, server_side=True,
+                                     do_handshake_on_connect=False, _context=ctx)
+                tls.__class__ = _TLSSocket
+                conn.sock = tls  # closed by _connection's finally, whatever happens
+                with eventlet.Timeout(timeout):
+                    tls.do_handshake()
+                facts = connection_environ(tls)
+            except eventlet.Timeout:
+                reason = f"no TLS handshake within {timeout:g}s"
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                reason = handshake_failure_reason(exc)
+            else:
+                reason = ""
+            if reason:
+                handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.peer,
+                                   reason)
+                return None
+        base = dict(self.base)
+        base.update(facts)
+        base["REMOTE_ADDR"] = str(addr[0]) if isinstance(addr, tuple) else ""
+        base["REMOTE_PORT"] = str(addr[1]) if isinstance(addr, tuple) else ""
+        return base
+
+    # ---------------------------------------------------------------------- stopping
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections now (FACTS 14), and end the idle ones."""
+        self.accepting = False
+        _close(self.listener)
+        for conn in list(self.connections):
+            conn.closing = True
+            if conn.idle:
+                _shutdown(conn.sock)
+
+    def in_flight(self) -> int:
+        return sum(1 for conn in self.connections if not conn.idle)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait for the connections to end; False when `timeout` ran out first."""
+        with eventlet.Timeout(timeout, False):
+            self.pool.waitall()
+            return True
+        return False
+
+
+def _shutdown(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def raise_file_limit(needed: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit towards `needed`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning("open-file limit is %d (hard limit), below the %d that "
+                    "server.max_connections needs; raise it (ulimit -n, LimitNOFILE=)",
+                    target, needed)
+
+
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
-        context: ContextGetter, *, on_signal: Optional[dict[int, Task]] = None,
+        context: ContextGetter, *, access_log: Optional[AccessLogger] = None,
+        on_signal: Optional[dict[int, Task]] = None,
         every: Optional[list[tuple[float, Task]]] = None,
         at_start: Optional[list[Task]] = None) -> int:
     """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code.
@@ -227,27 +264,11 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     greenthreads, so a slow task never blocks serving. `at_start` tasks run once,
     after the signal handlers are installed.
     """
-    connections = _Connections()
+    raise_file_limit(config.max_connections + 64)
+    server = _Server(listener, app, config, context, access_log)
     stop = eventlet.event.Event()
-    green_listener = _ResilientListener(listener)
-    server = eventlet.spawn(
-        eventlet.wsgi.server,
-        green_listener,
-        app,
-        log=_EventletLog(),
-        log_format=_DROP_ACCESS_LINE,
-        max_size=config.max_connections,
-        max_http_version=config.max_http_version,
-        protocol=_make_protocol(context, config, connections),
-        minimum_chunk_size=config.minimum_chunk_size,
-        log_x_forwarded_for=config.log_x_forwarded_for,
-        keepalive=config.keepalive,
-        url_length_limit=config.url_length_limit,
-        debug=False,  # never send tracebacks to clients (FACTS 8)
-        socket_timeout=config.socket_timeout,
-        capitalize_response_headers=config.capitalize_response_headers,
-    )
-    server.link(lambda _gt: stop.ready() or stop.send("the server loop ended"))
+    accept_loop = eventlet.spawn(server.accept_forever)
+    accept_loop.link(lambda _gt: stop.ready() or stop.send("the accept loop ended"))
     _install_signal_handlers(stop, on_signal or {})
     for task in at_start or []:
         eventlet.spawn_n(_run_task, task)
@@ -257,10 +278,21 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     why = stop.wait()
     for helper in helpers:
         helper.kill()
-    if why == "the server loop ended":
-        log.error("the accept loop ended unexpectedly; exiting")
+    if why == "the accept loop ended":
+        try:
+            accept_loop.wait()
+        except Exception:
+            log.exception("the accept loop ended unexpectedly; exiting")
         return 1
-    return _stop_gracefully(server, green_listener, config.shutdown_timeout, connections, why)
+    log.info("%s received: no new connections; waiting up to %gs for %d in-flight "
+             "request(s)", why, config.shutdown_timeout, server.in_flight())
+    server.stop_accepting()
+    accept_loop.kill()
+    if not server.drain(config.shutdown_timeout):
+        log.warning("shutdown_timeout (%gs) reached: cutting %d in-flight request(s)",
+                    config.shutdown_timeout, server.in_flight())
+    log.info("stopped")
+    return 0
 
 
 def _install_signal_handlers(stop: Any, tasks: dict[int, Task]) -> None:
@@ -296,20 +328,3 @@ def _tick(stop: Any) -> None:
     while not stop.ready():
         eventlet.sleep(_TICK_SECONDS)
 
-
-def _stop_gracefully(server: Any, listener: _ResilientListener, timeout: float,
-                     connections: _Connections, why: str) -> int:
-    log.info("%s received: no new connections; waiting up to %gs for %d in-flight "
-             "request(s)", why, timeout, connections.in_flight())
-    server.kill()  # stops accepting, closes idle keep-alive connections, drains the rest
-    listener.close()  # refuse new connections now, not after the drain (FACTS 14)
-    finished = False
-    with eventlet.Timeout(timeout, False):
-        with contextlib.suppress(greenlet.GreenletExit):
-            server.wait()
-        finished = True
-    if not finished:
-        log.warning("shutdown_timeout (%gs) reached: cutting %d in-flight request(s)",
-                    timeout, connections.in_flight())
-    log.info("stopped")
-    return 0

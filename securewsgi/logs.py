@@ -1,5 +1,6 @@
-"""Logging set-up: the error log on stderr, the access log where `logging.access_log`
-says, each as text or JSON lines per `logging.format`.
+"""Logging set-up: the error log on stderr as text or JSON lines (`logging.format`).
+
+The access log does not go through `logging` (see accesslog.py).
 
 Kept apart from the code that logs, so every module just uses `logging.getLogger`.
 """
@@ -9,15 +10,9 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .config import LoggingConfig
-
-ACCESS_LOGGER = "securewsgi.access"
-# The fields an access record carries (set as `extra=` by accesslog.py).
-ACCESS_FIELDS = ("client", "cn", "tls", "method", "path", "protocol", "status", "bytes",
-                 "duration")
 
 
 def _iso_time(created: float) -> str:
@@ -37,72 +32,31 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; access records carry their fields as keys."""
+    """One JSON object per line: time, level, logger, message (and exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
             "time": _iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
+            "message": record.getMessage(),
         }
-        if record.name == ACCESS_LOGGER:
-            for name in ACCESS_FIELDS:
-                data[name] = getattr(record, name, None)
-        else:
-            data["message"] = record.getMessage()
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)
 
 
-class AccessTextFormatter(logging.Formatter):
-    """`2026-11-29T02:26:09.123Z 127.0.0.1:5050 alice TLSv1.3 "GET / HTTP/1.1" 200 13 0.0012`"""
-
-    def format(self, record: logging.LogRecord) -> str:
-        r: Any = record
-        return (f'{_iso_time(record.created)} {r.client} {r.cn} {r.tls} '
-                f'"{r.method} {r.path} {r.protocol}" {r.status} {r.bytes} {r.duration:.4f}')
-
-
 def setup_logging(config: LoggingConfig) -> None:
     """Configure the `securewsgi` loggers (idempotent: safe to call again in a worker)."""
-    json_lines = config.format == "json"
     root = logging.getLogger("securewsgi")
     root.setLevel(config.level)
     root.propagate = False
-    _replace_handlers(root, logging.StreamHandler(sys.stderr),
-                      JsonFormatter() if json_lines else TextFormatter())
-    access = logging.getLogger(ACCESS_LOGGER)
-    access.propagate = False
-    access.setLevel(logging.INFO)
-    handler = _access_handler(config.access_log)
-    if handler is None:
-        access.disabled = True
-        _replace_handlers(access, None, None)
-    else:
-        access.disabled = False
-        _replace_handlers(access, handler,
-                          JsonFormatter() if json_lines else AccessTextFormatter())
-
-
-def _access_handler(target: Any) -> Optional[logging.Handler]:
-    if target is None:
-        return None
-    if target == "-":
-        return logging.StreamHandler(sys.stdout)
-    if target == "stderr":
-        return logging.StreamHandler(sys.stderr)
-    return logging.FileHandler(Path(target), encoding="utf-8")
-
-
-def _replace_handlers(logger: logging.Logger, handler: Optional[logging.Handler],
-                      formatter: Optional[logging.Formatter]) -> None:
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
+    for old in list(root.handlers):
+        root.removeHandler(old)
         old.close()
-    if handler is not None and formatter is not None:
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
+    root.addHandler(handler)
 
 
 class RateLimitedLog:

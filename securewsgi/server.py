@@ -14,7 +14,7 @@ import socket
 from typing import Any, Callable, Optional
 
 from . import __version__
-from .accesslog import AccessLog
+from .accesslog import make_writer
 from .appload import load_app
 from .config import Config
 from .errors import ConfigError, StartupError
@@ -29,10 +29,9 @@ WSGIApp = Callable[..., Any]
 
 
 def build_pipeline(app: WSGIApp, config: Config) -> WSGIApp:
-    """access log -> identity + authorization -> the user's app (outermost first)."""
-    guarded = IdentityMiddleware.from_config(app, config.identity, config.authorization,
-                                             source=config.source)
-    return AccessLog(guarded, log_x_forwarded_for=config.server.log_x_forwarded_for)
+    """identity + authorization in front of the user's app."""
+    return IdentityMiddleware.from_config(app, config.identity, config.authorization,
+                                          source=config.source)
 
 
 def prepare(config: Config) -> tuple:
@@ -103,12 +102,20 @@ def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool)
     if listener is None:
         listener = _bind_and_announce(config, tls)
     reloader = TLSReloader(config.tls, config.source, tls)
+    access_log = make_writer(config.logging.access_log, config.logging.format,
+                             config.server.log_x_forwarded_for)
     every = []
     if config.tls.reload_interval > 0 and config.tls.enabled:
         every.append((config.tls.reload_interval, reloader.poll))
-    return engine.run(listener, app, config.server, reloader.context,
-                      on_signal={signal.SIGHUP: lambda: reloader.reload("SIGHUP")},
-                      every=every, at_start=[early_signals.replay])
+
+    def on_sighup() -> None:
+        reloader.reload("SIGHUP")
+        if access_log is not None:
+            access_log.reopen()  # after logrotate moved the file away
+
+    return engine.run(listener, app, config.server, reloader.context, access_log=access_log,
+                      on_signal={signal.SIGHUP: on_sighup}, every=every,
+                      at_start=[early_signals.replay])
 
 
 def _bind_and_announce(config: Config, tls: ServerTLS) -> socket.socket:
