@@ -274,3 +274,161 @@ def openssl_s_client(server: ServerProcess, *args: str, request: bytes = b"",
     cmd = ["openssl", "s_client", "-connect", f"{server.host}:{server.port}",
            "-servername", "localhost", "-ign_eof", *args]
     return subprocess.run(cmd, input=request, capture_output=True, timeout=timeout)
+
+
+# ------------------------------------------------- small peers for client-side tests
+# securewsgi refuses to serve some things on purpose (an expired certificate) and never
+# does others (closing abruptly right after a TLS 1.3 handshake); these stdlib peers
+# produce them for real on 127.0.0.1. Each runs one bounded accept loop in a thread.
+# (Imported here so that the appended helpers leave the file's header alone.)
+import struct  # noqa: E402
+import threading  # noqa: E402
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound once, then closed): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _ThreadPeer:
+    """Accept connections on 127.0.0.1 in a thread until `stop()`; `handle` each one."""
+
+    def __init__(self, backlog: int = 16) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(backlog)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.held: list = []  # connections kept open on purpose, closed by stop()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/", host: str = "127.0.0.1", scheme: str = "https") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def start(self) -> _ThreadPeer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(10)
+        for conn in self.held:
+            conn.close()
+        self.listener.close()
+
+    def __enter__(self) -> _ThreadPeer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn.settimeout(5)
+            try:
+                self.handle(conn)
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class TCPPeer(_ThreadPeer):
+    """A TCP server that answers `reply` to whatever arrives, or never answers at all
+    (`reply=None`: the connection is held open, as a stuck server would)."""
+
+    def __init__(self, reply: Optional[bytes] = None, backlog: int = 16) -> None:
+        super().__init__(backlog)
+        self.reply = reply
+
+    def handle(self, conn: socket.socket) -> None:
+        if self.reply is None:
+            self.held.append(conn)
+            return
+        with conn:
+            conn.recv(65536)
+            conn.sendall(self.reply)
+
+
+class UnacceptedListener:
+    """A listener with a full accept queue: the next connect() gets no SYN-ACK and
+    times out (Linux drops SYNs when the backlog is full)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.filler = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def close(self) -> None:
+        self.filler.close()
+        self.listener.close()
+
+
+def http_response(status: str = "200 OK", body: bytes = b"ok\n") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}"
+            f"\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a server that drops a client does."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+class TLSPeer(_ThreadPeer):
+    """A stdlib `ssl` server: completes the handshake, then answers `reply` to the first
+    request — or, when `drop_unless` is given, resets the connection right after the
+    handshake unless the client certificate's CN is `drop_unless` (no alert: the
+    silent TLS 1.3 refusal a client can only see as a reset or EOF)."""
+
+    def __init__(self, context: ssl.SSLContext, reply: bytes = b"",
+                 drop_unless: Optional[str] = None) -> None:
+        super().__init__()
+        self.context = context
+        self.reply = reply or http_response()
+        self.drop_unless = drop_unless
+
+    @staticmethod
+    def context_for(cert: Path, key: Path, client_ca: Optional[Path] = None,
+                    version: Optional[ssl.TLSVersion] = None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        if client_ca is not None:
+            ctx.load_verify_locations(str(client_ca))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        if version is not None:
+            ctx.minimum_version = ctx.maximum_version = version
+        return ctx
+
+    def handle(self, conn: socket.socket) -> None:
+        tls = self.context.wrap_socket(conn, server_side=True)
+        if self.drop_unless is not None and self._common_name(tls) != self.drop_unless:
+            _reset(tls)
+            return
+        with tls:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            tls.sendall(self.reply)
+
+    @staticmethod
+    def _common_name(tls: ssl.SSLSocket) -> Optional[str]:
+        peer = tls.getpeercert() or {}
+        for rdn in peer.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
