@@ -26,7 +26,6 @@ import logging
 import resource
 import signal
 import socket
-import ssl
 import sys
 import warnings
 from typing import Any, Callable, Optional
@@ -45,13 +44,14 @@ import contextlib
 from .config import ServerConfig
 from .http11 import AccessLogger, Connection, HTTPOptions
 from .logs import RateLimitedLog
+from .tls import ServerTLS
 from .tlsfacts import connection_environ, handshake_failure_reason, plain_environ
 
 log = logging.getLogger("securewsgi.server")
 # Refused handshakes are triggered by clients at will: rate-limit their log lines.
 handshake_log = RateLimitedLog(logging.getLogger("securewsgi.handshake"))
 
-ContextGetter = Callable[[], Optional[ssl.SSLContext]]
+TLSGetter = Callable[[], ServerTLS]
 WSGIApp = Callable[..., Any]
 Task = Callable[[], None]
 
@@ -113,11 +113,11 @@ class _Server:
     """The accept loop, the connections it owns, and how they end."""
 
     def __init__(self, listener: socket.socket, app: WSGIApp, config: ServerConfig,
-                 context: ContextGetter, access_log: Optional[AccessLogger]) -> None:
+                 tls: TLSGetter, access_log: Optional[AccessLogger]) -> None:
         self.listener = eventlet.greenio.GreenSocket(listener)
         self.app = app
         self.config = config
-        self.context = context
+        self.tls = tls
         self.access_log = access_log
         self.options = http_options(config)
         self.pool = eventlet.GreenPool(config.max_connections)
@@ -177,7 +177,8 @@ class _Server:
     def _handshake(self, conn: Connection, addr: Any) -> Optional[dict]:
         """Wrap and handshake in this greenthread, under a total deadline (FACTS 5)."""
         conn.sock.settimeout(self.config.socket_timeout)
-        ctx = self.context()
+        state = self.tls()
+        ctx = state.context
         if ctx is None:
             facts = plain_environ()
         else:
@@ -189,7 +190,7 @@ class _Server:
                 conn.sock = tls  # closed by _connection's finally, whatever happens
                 with eventlet.Timeout(timeout):
                     tls.do_handshake()
-                facts = connection_environ(tls)
+                facts = connection_environ(tls, state.revoked)
             except eventlet.Timeout:
                 reason = f"no TLS handshake within {timeout:g}s"
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -252,20 +253,20 @@ def raise_file_limit(needed: int) -> None:
 
 
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
-        context: ContextGetter, *, access_log: Optional[AccessLogger] = None,
+        tls: TLSGetter, *, access_log: Optional[AccessLogger] = None,
         on_signal: Optional[dict[int, Task]] = None,
         every: Optional[list[tuple[float, Task]]] = None,
         at_start: Optional[list[Task]] = None) -> int:
     """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code.
 
-    `context` is asked for the current SSLContext at every new connection (so a reload
+    `tls` is asked for the current TLS material at every new connection (so a reload
     takes effect for new connections only). `on_signal` maps other signals (SIGHUP) to
     tasks, and `every` lists (seconds, task) to run periodically; both run in their own
     greenthreads, so a slow task never blocks serving. `at_start` tasks run once,
     after the signal handlers are installed.
     """
     raise_file_limit(config.max_connections + 64)
-    server = _Server(listener, app, config, context, access_log)
+    server = _Server(listener, app, config, tls, access_log)
     stop = eventlet.event.Event()
     accept_loop = eventlet.spawn(server.accept_forever)
     accept_loop.link(lambda _gt: stop.ready() or stop.send("the accept loop ended"))

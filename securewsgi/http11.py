@@ -329,6 +329,8 @@ def _check_partial_head(buf: bytes, options: HTTPOptions) -> None:
 def _parse_head(head: bytes, options: HTTPOptions) -> _Request:
     """Strict RFC 9112 parsing; anything ambiguous is a `Refusal`."""
     line_end = head.find(b"\r\n")
+    if line_end > options.url_length_limit:
+        raise Refusal(414, "request line too long")
     match = _REQUEST_LINE.fullmatch(head, 0, line_end)
     if match is None:
         if head[:line_end].count(b" ") == 1:

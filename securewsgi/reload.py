@@ -37,8 +37,9 @@ class TLSReloader:
         self._candidate: Optional[str] = None
         self._refused: Optional[str] = None
 
-    def context(self):
-        return self.current.context
+    def material(self) -> ServerTLS:
+        """The TLS material for a new connection (called per connection: keep it cheap)."""
+        return self.current
 
     def reload(self, why: str) -> bool:
         """Rebuild now (SIGHUP); keep the old material if the new one is invalid."""

@@ -113,7 +113,7 @@ def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool)
         if access_log is not None:
             access_log.reopen()  # after logrotate moved the file away
 
-    return engine.run(listener, app, config.server, reloader.context, access_log=access_log,
+    return engine.run(listener, app, config.server, reloader.material, access_log=access_log,
                       on_signal={signal.SIGHUP: on_sighup}, every=every,
                       at_start=[early_signals.replay])
 

@@ -80,6 +80,9 @@ class ServerTLS:
     crl_revoked: Optional[int]
     warnings: tuple[str, ...]
     files: tuple[Path, ...]
+    # (issuer RFC 4514 string, serial) of every revoked client certificate: OpenSSL
+    # does not consult the CRL when a TLS session is resumed, so the engine does.
+    revoked: frozenset = frozenset()
 
     @property
     def versions(self) -> str:
@@ -114,9 +117,9 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     ca_certs: list[x509.Certificate] = []
     if tls.ca_certs is not None:
         ca_certs = _read_ca_certs(source, tls.ca_certs, now, warnings)
-    crl_revoked = None
+    revoked: frozenset = frozenset()
     if tls.crl_file is not None:
-        crl_revoked = _check_crl(source, tls.crl_file, ca_certs, now, warnings)
+        revoked = _check_crl(source, tls.crl_file, ca_certs, now, warnings)
     context = _make_context(tls, source, ca_certs)
     files = tuple(p for p in (tls.certfile, tls.keyfile, tls.ca_certs, tls.crl_file) if p)
     return ServerTLS(
@@ -125,9 +128,10 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
         certificate=CertificateInfo.from_x509(leaf),
         chain_length=len(chain),
         ca_subjects=tuple(c.subject.rfc4514_string() for c in ca_certs),
-        crl_revoked=crl_revoked,
+        crl_revoked=len(revoked) if tls.crl_file is not None else None,
         warnings=tuple(warnings),
         files=files,
+        revoked=revoked,
     )
 
 
@@ -276,7 +280,7 @@ def _check_validity(source: Path, key: str, path: Path, cert: x509.Certificate,
 
 
 def _check_crl(source: Path, path: Path, ca_certs: Sequence[x509.Certificate],
-               now: datetime.datetime, warnings: list[str]) -> int:
+               now: datetime.datetime, warnings: list[str]) -> frozenset:
     """A CRL must be signed by a client CA and current, or OpenSSL refuses everyone."""
     data = _read_bytes(source, "tls.crl_file", path)
     try:
@@ -297,7 +301,8 @@ def _check_crl(source: Path, path: Path, ca_certs: Sequence[x509.Certificate],
     if others:
         warnings.append("tls.crl_file: no CRL for " + "; ".join(others)
                         + ": clients signed by them will be refused")
-    return len(list(crl))
+    issuer = crl.issuer.rfc4514_string()
+    return frozenset((issuer, entry.serial_number) for entry in crl)
 
 
 def _san_strings(cert: x509.Certificate) -> tuple[str, ...]:

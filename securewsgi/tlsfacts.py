@@ -6,6 +6,7 @@ needs the `ssl.SSLSocket` / `ssl.SSLObject` interface.
 """
 from __future__ import annotations
 
+import datetime
 from typing import Any, Optional
 
 from .identity import PeerIdentity
@@ -18,8 +19,18 @@ middleware, so a header can never reach it (header keys all start with HTTP_).
 """
 
 
-def connection_environ(tls_socket: Any) -> dict[str, Any]:
-    """TLS facts for environ: scheme, protocol, cipher, SNI and the verified peer."""
+class ResumedPeerRefused(ValueError):
+    """A resumed TLS session carries a client certificate that is no longer valid."""
+
+
+def connection_environ(tls_socket: Any, revoked: frozenset = frozenset()) -> dict[str, Any]:
+    """TLS facts for environ: scheme, protocol, cipher, SNI and the verified peer.
+
+    A resumed session skips OpenSSL's certificate checks: the certificate that was
+    valid when the ticket was issued is taken on trust for the ticket's lifetime. So
+    for resumed sessions the validity period and the CRL (`revoked`) are checked here;
+    `ResumedPeerRefused` ends the connection like a failed handshake.
+    """
     cipher = tls_socket.cipher()
     env: dict[str, Any] = {
         "wsgi.url_scheme": "https",
@@ -33,8 +44,21 @@ def connection_environ(tls_socket: Any) -> dict[str, Any]:
     der = tls_socket.getpeercert(binary_form=True)
     # The context verified this certificate during the handshake (CERT_OPTIONAL or
     # CERT_REQUIRED); with CERT_NONE OpenSSL never asks for one, so der is None.
-    env[TLS_PEER_KEY] = PeerIdentity.from_der(der, source="tls") if der else None
+    peer = PeerIdentity.from_der(der, source="tls") if der else None
+    if peer is not None and tls_socket.session_reused:
+        _check_resumed_peer(peer, revoked)
+    env[TLS_PEER_KEY] = peer
     return env
+
+
+def _check_resumed_peer(peer: PeerIdentity, revoked: frozenset) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now > peer.not_after:
+        raise ResumedPeerRefused("client certificate expired (resumed session refused)")
+    if now < peer.not_before:
+        raise ResumedPeerRefused("client certificate not yet valid (resumed session refused)")
+    if (peer.issuer, peer.serial) in revoked:
+        raise ResumedPeerRefused("client certificate revoked (resumed session refused)")
 
 
 def plain_environ() -> dict[str, Any]:
