@@ -58,6 +58,7 @@ class ServerConfig:
     capitalize_response_headers: bool = True
     log_x_forwarded_for: bool = True
     monkey_patch: bool = True
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ class IdentityConfig:
     remote_user: str = "none"
     trusted_proxies: tuple[Network, ...] = ()
     forwarded_cert_header: str = "x-forwarded-client-cert"
+    # A forwarded certificate is trusted only from a proxy whose own (mutual TLS)
+    # certificate matches one of these entries, when any are given.
+    trusted_proxy_identities: tuple[AllowEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -491,6 +495,7 @@ def _read_server(source: Path, raw: Any) -> ServerConfig:
         ),
         log_x_forwarded_for=s.take("log_x_forwarded_for", parse_bool, d.log_x_forwarded_for),
         monkey_patch=s.take("monkey_patch", parse_bool, d.monkey_patch),
+        proxy_protocol=s.take("proxy_protocol", parse_bool, d.proxy_protocol),
     )
     s.finish()
     return cfg
@@ -661,9 +666,22 @@ def _read_identity(source: Path, raw: Any) -> IdentityConfig:
         forwarded_cert_header=s.take(
             "forwarded_cert_header", header_name, d.forwarded_cert_header
         ),
+        trusted_proxy_identities=_allow_entries(
+            source, "identity.trusted_proxy_identities",
+            s.take("trusted_proxy_identities", lambda v: v, None)),
     )
     s.finish()
     return cfg
+
+
+def _allow_entries(source: Path, where: str, raw: Any) -> tuple[AllowEntry, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):  # INI: one entry per line, as in `allow`
+        raw = [_ini_allow_line(line) for line in raw.splitlines() if line.strip()]
+    if not isinstance(raw, list):
+        raise ConfigError(source, where, "expected a list of allow entries")
+    return tuple(read_allow_entry(source, f"{where}[{i}]", e) for i, e in enumerate(raw))
 
 
 def read_allow_entry(source: Path, where: str, raw: Any) -> AllowEntry:
@@ -814,4 +832,18 @@ def config_from_dict(source: Path, data: Mapping[str, Any]) -> Config:
             hint = did_you_mean(str(name), _SECTIONS)
             raise ConfigError(source, str(name), f"unknown section{hint}")
     sections = {name: reader(source, data.get(name)) for name, reader in _SECTIONS.items()}
-    return Config(source=source, **sections)
+    config = Config(source=source, **sections)
+    _check_across_sections(config)
+    return config
+
+
+def _check_across_sections(config: Config) -> None:
+    """Settings that are only wrong in combination."""
+    if config.server.proxy_protocol and not config.identity.trusted_proxies:
+        raise config.error("server.proxy_protocol", "needs identity.trusted_proxies: a PROXY "
+                           "header is read only from those addresses")
+    if config.identity.trusted_proxy_identities and config.tls.mode not in ("optional",
+                                                                             "mutual"):
+        raise config.error("identity.trusted_proxy_identities",
+                           "needs tls.mode optional or mutual: proxies prove who they are "
+                           "with a client certificate")

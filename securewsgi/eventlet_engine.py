@@ -27,6 +27,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 import warnings
 from typing import Any, Callable, Optional
 
@@ -44,6 +45,8 @@ import contextlib
 from .config import ServerConfig
 from .http11 import AccessLogger, Connection, HTTPOptions
 from .logs import RateLimitedLog
+from .proxyprotocol import ProxyHeaderError
+from .proxyprotocol import read_header as read_proxy_header
 from .tls import ServerTLS
 from .tlsfacts import connection_environ, handshake_failure_reason, plain_environ
 
@@ -113,12 +116,14 @@ class _Server:
     """The accept loop, the connections it owns, and how they end."""
 
     def __init__(self, listener: socket.socket, app: WSGIApp, config: ServerConfig,
-                 tls: TLSGetter, access_log: Optional[AccessLogger]) -> None:
+                 tls: TLSGetter, access_log: Optional[AccessLogger],
+                 proxy_from: Optional[Callable[[str], bool]] = None) -> None:
         self.listener = eventlet.greenio.GreenSocket(listener)
         self.app = app
         self.config = config
         self.tls = tls
         self.access_log = access_log
+        self.proxy_from = proxy_from
         self.options = http_options(config)
         self.pool = eventlet.GreenPool(config.max_connections)
         self.connections: set[Connection] = set()
@@ -166,6 +171,10 @@ class _Server:
         conn = Connection(sock, self.app, self.base, self.options, self.access_log, peer)
         self.connections.add(conn)
         try:
+            if self.proxy_from is not None and self.proxy_from(str(addr[0])):
+                addr = self._proxied_address(conn, addr)
+                if addr is None:
+                    return
             base = self._handshake(conn, addr)
             if base is not None and not conn.closing:
                 conn.base = base
@@ -173,6 +182,20 @@ class _Server:
         finally:
             self.connections.discard(conn)
             _close(conn.sock)
+
+    def _proxied_address(self, conn: Connection, addr: Any) -> Any:
+        """The client address a trusted proxy announces in its PROXY header (read
+        before the TLS handshake); None when the header is missing or malformed."""
+        deadline = time.monotonic() + self.config.handshake_timeout
+        try:
+            announced = read_proxy_header(conn.sock, deadline)
+        except (ProxyHeaderError, OSError) as exc:
+            handshake_log.info("PROXY header refused: proxy=%s reason=%s", conn.peer, exc)
+            return None
+        if announced is None:  # LOCAL / UNKNOWN: the proxy's own connection (health check)
+            return addr
+        conn.peer = _address(announced)
+        return announced
 
     def _handshake(self, conn: Connection, addr: Any) -> Optional[dict]:
         """Wrap and handshake in this greenthread, under a total deadline (FACTS 5)."""
@@ -254,6 +277,7 @@ def raise_file_limit(needed: int) -> None:
 
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         tls: TLSGetter, *, access_log: Optional[AccessLogger] = None,
+        proxy_from: Optional[Callable[[str], bool]] = None,
         on_signal: Optional[dict[int, Task]] = None,
         every: Optional[list[tuple[float, Task]]] = None,
         at_start: Optional[list[Task]] = None) -> int:
@@ -263,10 +287,11 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     takes effect for new connections only). `on_signal` maps other signals (SIGHUP) to
     tasks, and `every` lists (seconds, task) to run periodically; both run in their own
     greenthreads, so a slow task never blocks serving. `at_start` tasks run once,
-    after the signal handlers are installed.
+    after the signal handlers are installed. With `proxy_from`, connections from
+    addresses it accepts must start with a PROXY protocol header.
     """
     raise_file_limit(config.max_connections + 64)
-    server = _Server(listener, app, config, tls, access_log)
+    server = _Server(listener, app, config, tls, access_log, proxy_from)
     stop = eventlet.event.Event()
     accept_loop = eventlet.spawn(server.accept_forever)
     accept_loop.link(lambda _gt: stop.ready() or stop.send("the accept loop ended"))

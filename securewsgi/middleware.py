@@ -28,8 +28,8 @@ from typing import Any, Callable, Optional, Union
 import yaml
 
 from . import config as _config
-from .authz import Decision, Policy, compile_policy
-from .config import AuthorizationConfig, IdentityConfig, RuleConfig
+from .authz import Decision, Policy, compile_entry, compile_policy
+from .config import AllowEntry, AuthorizationConfig, IdentityConfig, RuleConfig
 from .errors import ConfigError
 from .forwarded import XFCC_HEADER, ForwardedCertError, ForwardedCertReader, TrustedProxies
 from .identity import PeerIdentity
@@ -82,6 +82,7 @@ class IdentityMiddleware:
         forwarded_cert_header: str = XFCC_HEADER,
         rules: Sequence[Union[RuleConfig, Mapping[str, Any]]] = (),
         default: str = "allow",
+        trusted_proxy_identities: Sequence[Union[AllowEntry, Mapping[str, Any]]] = (),
         _source: Union[str, Path, None] = None,
         _policy: Optional[Policy] = None,
     ) -> None:
@@ -97,6 +98,7 @@ class IdentityMiddleware:
             _policy = compile_policy(_rules(source, rules), default, source, "rules")
         self.policy = _policy
         self.trusted_proxies = TrustedProxies(proxies)
+        self.proxy_identities = _proxy_identities(source, trusted_proxy_identities)
         self.forwarded = ForwardedCertReader(header)
         self._header_key = self.forwarded.environ_key
         self._warned_no_tls = False
@@ -110,6 +112,7 @@ class IdentityMiddleware:
         return cls(app, remote_user=identity.remote_user,
                    trusted_proxies=identity.trusted_proxies,
                    forwarded_cert_header=identity.forwarded_cert_header,
+                   trusted_proxy_identities=identity.trusted_proxy_identities,
                    _source=source, _policy=policy)
 
     # ------------------------------------------------------------------ per request
@@ -134,7 +137,7 @@ class IdentityMiddleware:
                     "clients are anonymous%s", TLS_PEER_KEY,
                     " (certificates forwarded by trusted proxies are still used)"
                     if self.trusted_proxies else "")
-        if self.trusted_proxies and environ.get("REMOTE_ADDR") in self.trusted_proxies:
+        if self._trusts_forwarder(environ, peer):
             # A trusted proxy speaks for its client: the proxy's own certificate is not
             # the caller's identity, and no forwarded certificate means anonymous.
             try:
@@ -175,6 +178,20 @@ class IdentityMiddleware:
                 return _refuse(start_response, "403 Forbidden", _FORBIDDEN)
         return self.app(environ, start_response)
 
+    def _trusts_forwarder(self, environ: dict[str, Any], tls_peer: Optional[PeerIdentity]
+                          ) -> bool:
+        """May this connection speak for another client? Its address must be in
+        trusted_proxies and/or its own TLS certificate match trusted_proxy_identities
+        (each check applies when configured; at least one must be)."""
+        if not self.trusted_proxies and not self.proxy_identities:
+            return False
+        if self.trusted_proxies and environ.get("REMOTE_ADDR") not in self.trusted_proxies:
+            return False
+        if self.proxy_identities:
+            return tls_peer is not None and tls_peer.source == "tls" and any(
+                matches(tls_peer) for matches in self.proxy_identities)
+        return True
+
     def _remote_user(self, peer: PeerIdentity) -> Optional[str]:
         source = self.remote_user
         if source == "cn":
@@ -211,6 +228,17 @@ def _networks(raw: Any) -> tuple:
     if not all(hasattr(n, "version") and hasattr(n, "network_address") for n in networks):
         raise ValueError(f"expected CIDR strings or ipaddress networks, got {raw!r}")
     return tuple(networks) + _config.parse_networks([i for i in items if isinstance(i, str)])
+
+
+def _proxy_identities(source: Any, entries: Sequence[Union[AllowEntry, Mapping[str, Any]]]
+                      ) -> tuple:
+    where = "trusted_proxy_identities"
+    compiled = []
+    for index, entry in enumerate(entries or ()):
+        if not isinstance(entry, AllowEntry):
+            entry = _config.read_allow_entry(source, f"{where}[{index}]", entry)
+        compiled.append(compile_entry(entry, source, f"identity.{where}[{index}]"))
+    return tuple(compiled)
 
 
 def _rules(source: Any, rules: Sequence[Union[RuleConfig, Mapping[str, Any]]]

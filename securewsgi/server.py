@@ -18,6 +18,7 @@ from .accesslog import make_writer
 from .appload import load_app
 from .config import Config
 from .errors import ConfigError, StartupError
+from .forwarded import TrustedProxies
 from .listener import bind_listener
 from .logs import setup_logging
 from .middleware import IdentityMiddleware
@@ -113,7 +114,11 @@ def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool)
         if access_log is not None:
             access_log.reopen()  # after logrotate moved the file away
 
+    proxy_from = None
+    if config.server.proxy_protocol:
+        proxy_from = TrustedProxies(config.identity.trusted_proxies).__contains__
     return engine.run(listener, app, config.server, reloader.material, access_log=access_log,
+                      proxy_from=proxy_from,
                       on_signal={signal.SIGHUP: on_sighup}, every=every,
                       at_start=[early_signals.replay])
 
@@ -151,10 +156,15 @@ def summary_lines(config: Config, tls: ServerTLS, port: int) -> list[str]:
     if config.tls.crl_file is not None:
         lines.append(f"crl: {config.tls.crl_file} ({tls.crl_revoked} revoked)")
     rules = config.authorization.rules
+    identity = config.identity
+    proxies = f"{len(identity.trusted_proxies)} trusted proxy network(s)"
+    if identity.trusted_proxy_identities:
+        proxies += f" with {len(identity.trusted_proxy_identities)} proxy identity rule(s)"
+    if s.proxy_protocol:
+        proxies += ", PROXY protocol required from them"
     lines.append(f"app: {config.app.description}; identity: remote_user="
-                 f"{config.identity.remote_user}, {len(config.identity.trusted_proxies)} "
-                 f"trusted proxies; authorization: {len(rules)} rule(s), default "
-                 f"{config.authorization.default}")
+                 f"{identity.remote_user}, {proxies}; authorization: {len(rules)} rule(s), "
+                 f"default {config.authorization.default}")
     return lines
 
 
