@@ -74,6 +74,7 @@ class TLSConfig:
     ciphers: Optional[str] = None
     suppress_ragged_eofs: bool = True
     reload_interval: float = 0.0
+    session_tickets: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -572,6 +573,7 @@ def _read_tls(source: Path, raw: Any) -> TLSConfig:
         ciphers=s.take("ciphers", optional(text), None),
         suppress_ragged_eofs=s.take("suppress_ragged_eofs", parse_bool, d.suppress_ragged_eofs),
         reload_interval=s.take("reload_interval", seconds(allow_zero=True), d.reload_interval),
+        session_tickets=s.take("session_tickets", int_in(0, 8), d.session_tickets),
     )
     s.finish()
     _check_tls(s, cfg)

@@ -7,6 +7,7 @@ needs the `ssl.SSLSocket` / `ssl.SSLObject` interface.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any, Optional
 
 from .identity import PeerIdentity
@@ -44,11 +45,20 @@ def connection_environ(tls_socket: Any, revoked: frozenset = frozenset()) -> dic
     der = tls_socket.getpeercert(binary_form=True)
     # The context verified this certificate during the handshake (CERT_OPTIONAL or
     # CERT_REQUIRED); with CERT_NONE OpenSSL never asks for one, so der is None.
-    peer = PeerIdentity.from_der(der, source="tls") if der else None
+    peer = _peer_identity(der) if der else None
     if peer is not None and tls_socket.session_reused:
         _check_resumed_peer(peer, revoked)
     env[TLS_PEER_KEY] = peer
     return env
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_identity(der: bytes) -> PeerIdentity:
+    """Parsed once per distinct certificate, not per connection: clients reconnect
+    with the same certificate, and a shared immutable object also saves memory per
+    held connection. (Validity is still checked per connection by OpenSSL, or below
+    for resumed sessions.)"""
+    return PeerIdentity.from_der(der, source="tls")
 
 
 def _check_resumed_peer(peer: PeerIdentity, revoked: frozenset) -> None:

@@ -242,3 +242,18 @@ def test_sessions_resume_but_an_expired_certificate_does_not(start_server, test_
         response, _, reused = get(saved)
         assert status_of(response) == 200
     server.wait_log(r"reason=client certificate expired \(resumed session refused\)")
+
+
+def test_session_tickets_zero_turns_resumption_off(start_server, test_pki) -> None:
+    server = start_server({"tls": test_pki.tls_section("mutual", session_tickets=0)},
+                          name="no-tickets")
+    ctx = client_context(test_pki.ca_pem, test_pki.clients["alice"])
+    saved = None
+    for _ in range(2):
+        with socket.create_connection((server.host, server.port), timeout=10) as sock, \
+                ctx.wrap_socket(sock, server_hostname="localhost", session=saved) as tls:
+            tls.sendall(GOOD)
+            while tls.recv(4096):
+                pass
+            assert not tls.session_reused
+            saved = tls.session
