@@ -48,7 +48,12 @@ from .logs import RateLimitedLog
 from .proxyprotocol import ProxyHeaderError
 from .proxyprotocol import read_header as read_proxy_header
 from .tls import ServerTLS
-from .tlsfacts import connection_environ, handshake_failure_reason, plain_environ
+from .tlsfacts import (
+    PROXIED_BY_KEY,
+    connection_environ,
+    handshake_failure_reason,
+    plain_environ,
+)
 
 log = logging.getLogger("securewsgi.server")
 # Refused handshakes are triggered by clients at will: rate-limit their log lines.
@@ -194,6 +199,7 @@ class _Server:
             return None
         if announced is None:  # LOCAL / UNKNOWN: the proxy's own connection (health check)
             return addr
+        conn.base = {**self.base, PROXIED_BY_KEY: conn.peer}
         conn.peer = _address(announced)
         return announced
 
@@ -224,7 +230,7 @@ class _Server:
                 handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.peer,
                                    reason)
                 return None
-        base = dict(self.base)
+        base = dict(conn.base)
         base.update(facts)
         base["REMOTE_ADDR"] = str(addr[0]) if isinstance(addr, tuple) else ""
         base["REMOTE_PORT"] = str(addr[1]) if isinstance(addr, tuple) else ""

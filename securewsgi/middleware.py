@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .forwarded import XFCC_HEADER, ForwardedCertError, ForwardedCertReader, TrustedProxies
 from .identity import PeerIdentity
 from .paths import PathError, judge_path
-from .tlsfacts import TLS_PEER_KEY
+from .tlsfacts import PROXIED_BY_KEY, TLS_PEER_KEY
 
 __all__ = ["PEER_KEY", "IdentityMiddleware", "filter_factory"]
 
@@ -184,6 +184,8 @@ class IdentityMiddleware:
         trusted_proxies and/or its own TLS certificate match trusted_proxy_identities
         (each check applies when configured; at least one must be)."""
         if not self.trusted_proxies and not self.proxy_identities:
+            return False
+        if environ.get(PROXIED_BY_KEY):  # passed through a TCP proxy: headers are the client's
             return False
         if self.trusted_proxies and environ.get("REMOTE_ADDR") not in self.trusted_proxies:
             return False

@@ -24,6 +24,12 @@ class ResumedPeerRefused(ValueError):
     """A resumed TLS session carries a client certificate that is no longer valid."""
 
 
+PROXIED_BY_KEY = "securewsgi.proxied_by"
+"""environ key set (to the proxy's address) when a PROXY protocol header announced the
+client address: the connection is passed through a TCP proxy, so every HTTP header on
+it was written by the client itself, and none may vouch for another identity."""
+
+
 def connection_environ(tls_socket: Any, revoked: frozenset = frozenset()) -> dict[str, Any]:
     """TLS facts for environ: scheme, protocol, cipher, SNI and the verified peer.
 

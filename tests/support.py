@@ -248,19 +248,9 @@ def client_context(ca: Path, client: Optional[Client] = None,
 def raw_https(server: ServerProcess, request: bytes, ctx: ssl.SSLContext,
               timeout: float = 10.0) -> bytes:
     """Send `request` bytes over TLS exactly as given; return everything read."""
-    with socket.create_connection((server.host, server.port), timeout=timeout) as sock, \
-            ctx.wrap_socket(sock, server_hostname="localhost") as tls:
-        tls.sendall(request)
-        chunks = []
-        while True:
-            try:
-                data = tls.recv(65536)
-            except (ssl.SSLZeroReturnError, ConnectionResetError):
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks)
+    source = "::1" if ":" in server.host else "127.0.0.1"
+    return exchange(server.port, request, ctx, source=source, host=server.host,
+                    timeout=timeout)
 
 
 def status_of(response: bytes) -> int:
@@ -432,3 +422,132 @@ class TLSPeer(_ThreadPeer):
                 if key == "commonName":
                     return value
         return None
+
+
+# ------------------------------------------ real proxies in front: nginx and HAProxy
+# tests/test_load_balancers.py runs the shipped etc/deploy files with the real nginx and
+# HAProxy. These helpers find the programs, fill in templates, run foreground processes
+# we own (stopped by PID), and make requests from a chosen loopback address.
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+DEPLOY = REPO / "etc" / "deploy"
+_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin",
+                              "/sbin"])
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def find_program(name: str) -> Optional[str]:
+    """`name` on PATH or in an sbin directory: Debian installs nginx and haproxy in
+    /usr/sbin, which is often not on a normal user's PATH."""
+    return shutil.which(name, path=_SBIN_PATH)
+
+
+def render_template(template: Path, values: dict[str, str]) -> str:
+    """What `envsubst '${A} ${B}'` does with exactly the listed names, but strict: every
+    ${NAME} in the template needs a value and every value a placeholder, so a template
+    and the code that fills it cannot drift apart unnoticed."""
+    text = template.read_text()
+    used = set(_PLACEHOLDER.findall(text))
+    missing, unused = sorted(used - values.keys()), sorted(values.keys() - used)
+    if missing or unused:
+        raise AssertionError(f"{template}: no value for {missing}; no placeholder for {unused}")
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Does something accept TCP connections on host:port right now?"""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class ForegroundProcess:
+    """A program that stays in the foreground (nginx `daemon off`, `haproxy -db`), its
+    output in one file; ready when `ready()` says so (default: `port` accepts a
+    connection); stopped by its PID."""
+
+    def __init__(self, name: str, argv: list[str], directory: Path, port: int,
+                 env: Optional[dict[str, str]] = None,
+                 ready: Optional[Callable[[], Any]] = None) -> None:
+        self.name, self.argv, self.dir, self.port = name, argv, directory, port
+        self.env = dict(os.environ, **(env or {}))
+        self.ready = ready or (lambda: port_accepts(self.port))
+        self.output_path = directory / f"{name}.out"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 15.0) -> ForegroundProcess:
+        with open(self.output_path, "wb") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=str(self.dir))
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                     f"{self.output}")
+            return self.ready()
+
+        wait_for(ready, timeout, interval=0.05, what=f"{self.name} ready on port {self.port}")
+        return self
+
+    @property
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def exchange(port: int, request: bytes, ctx: Optional[ssl.SSLContext] = None,
+             source: str = "127.0.0.1", host: str = "127.0.0.1",
+             server_hostname: str = "localhost", timeout: float = 10.0) -> bytes:
+    """Send `request` on a new connection to host:port from the loopback address `source`
+    (Linux routes all of 127.0.0.0/8 to lo, so a client can look different from a proxy
+    on the same machine), over TLS when `ctx` is given; return all bytes until close."""
+    with socket.create_connection((host, port), timeout=timeout,
+                                  source_address=(source, 0)) as sock:
+        conn = sock if ctx is None else ctx.wrap_socket(sock, server_hostname=server_hostname)
+        with conn:
+            conn.sendall(request)
+            chunks = []
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except (ssl.SSLZeroReturnError, ConnectionResetError):
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            return b"".join(chunks)
+
+
+def json_body(response: bytes) -> dict:
+    """The JSON body of a raw HTTP response (tests/apps/echo.py answers its environ)."""
+    assert status_of(response) == 200, response[:300]
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def haproxy_servers(stats_socket: Path, backend: str) -> dict[str, dict[str, str]]:
+    """Server name -> its `show stat` row (CSV columns such as `status`: "UP", "DOWN",
+    "UP 1/2"..., and `check_status`: "L7OK", "L4CON"...) from HAProxy's stats socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(stats_socket))
+        sock.sendall(b"show stat\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    lines = data.decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+    return {row["svname"]: row for row in rows
+            if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
