@@ -110,9 +110,9 @@ def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool)
         every.append((config.tls.reload_interval, reloader.poll))
 
     def on_sighup() -> None:
-        reloader.reload("SIGHUP")
         if access_log is not None:
             access_log.reopen()  # after logrotate moved the file away
+        reloader.reload("SIGHUP")
 
     proxy_from = None
     if config.server.proxy_protocol:

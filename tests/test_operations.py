@@ -329,3 +329,22 @@ def test_handshake_log_is_rate_limited(start_server, test_pki: PKIFiles) -> None
     lines, suppressed = counts()
     assert suppressed > 0
     assert lines <= 100 + 10 * 20  # the burst, plus the rate over the test's duration
+
+
+def test_sighup_reopens_a_rotated_access_log(start_server, test_pki: PKIFiles,
+                                             tmp_path: Path) -> None:
+    log_file = tmp_path / "access.log"
+    server = start_server({"tls": test_pki.tls_section("server"),
+                           "logging": {"access_log": str(log_file)}}, name="logrotate")
+    with session(test_pki.ca_pem) as s:
+        s.get(server.url("/before"), timeout=10)
+    wait_for(lambda: log_file.exists() and "/before" in log_file.read_text(),
+             what="the first access line")
+    log_file.rename(tmp_path / "access.log.1")  # what logrotate does
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"TLS material reloaded \(SIGHUP\)")
+    with session(test_pki.ca_pem) as s:
+        s.get(server.url("/after"), timeout=10)
+    wait_for(lambda: log_file.exists() and "/after" in log_file.read_text(),
+             what="the access line in the new file")
+    assert "/after" not in (tmp_path / "access.log.1").read_text()
