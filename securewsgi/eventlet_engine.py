@@ -206,6 +206,9 @@ class _Server:
     def _handshake(self, conn: Connection, addr: Any) -> Optional[dict]:
         """Wrap and handshake in this greenthread, under a total deadline (FACTS 5)."""
         conn.sock.settimeout(self.config.socket_timeout)
+        # Each response leaves in one write; never hold it back for an ACK (Nagle).
+        with contextlib.suppress(OSError):
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         state = self.tls()
         ctx = state.context
         if ctx is None:
