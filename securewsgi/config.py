@@ -74,7 +74,16 @@ class TLSConfig:
     ciphers: Optional[str] = None
     suppress_ragged_eofs: bool = True
     reload_interval: float = 0.0
-    session_tickets: int = 1
+    session_tickets: Optional[int] = None  # None = auto: 1 in server mode, else 0
+
+    @property
+    def tickets(self) -> int:
+        """TLS 1.3 tickets per full handshake: cheap without a client certificate
+        (server mode), about a fifth of the handshake's CPU with one (OpenSSL 3 copies
+        the session, client certificate included), so off by default there."""
+        if self.session_tickets is not None:
+            return self.session_tickets
+        return 1 if self.mode == "server" else 0
 
     @property
     def enabled(self) -> bool:
@@ -573,11 +582,17 @@ def _read_tls(source: Path, raw: Any) -> TLSConfig:
         ciphers=s.take("ciphers", optional(text), None),
         suppress_ragged_eofs=s.take("suppress_ragged_eofs", parse_bool, d.suppress_ragged_eofs),
         reload_interval=s.take("reload_interval", seconds(allow_zero=True), d.reload_interval),
-        session_tickets=s.take("session_tickets", int_in(0, 8), d.session_tickets),
+        session_tickets=s.take("session_tickets", _tickets, None),
     )
     s.finish()
     _check_tls(s, cfg)
     return cfg
+
+
+def _tickets(raw: Any) -> Optional[int]:
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return None
+    return int_in(0, 8)(raw)
 
 
 def _raw_text(raw: Any) -> str:

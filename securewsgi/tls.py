@@ -170,12 +170,12 @@ def _make_context(tls: TLSConfig, source: Path, ca_certs: Sequence[x509.Certific
         context.load_verify_locations(cafile=str(tls.crl_file))
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     context.set_alpn_protocols(["http/1.1"])
-    # TLS 1.3 servers send two session tickets by default; each costs a copy of the
-    # session that re-decodes the client certificate (about a fifth of a mutual-TLS
-    # handshake's CPU in OpenSSL 3). One is enough for a client to resume; 0 turns
-    # resumption off (TLS 1.2 tickets too) for clients that never resume.
-    context.num_tickets = tls.session_tickets
-    if tls.session_tickets == 0:
+    # TLS 1.3 servers send two session tickets by default; with a client certificate
+    # each costs a copy of the session that re-decodes it (about a fifth of a mutual-TLS
+    # handshake's CPU in OpenSSL 3), for clients that mostly never resume (requests,
+    # Go's default client). See TLSConfig.tickets; 0 also turns TLS 1.2 tickets off.
+    context.num_tickets = tls.tickets
+    if tls.tickets == 0:
         context.options |= ssl.OP_NO_TICKET
     context.sni_callback = _remember_server_name
     return context
