@@ -1,0 +1,6 @@
+"""`python -m bench`: see bench/run.py and docs/benchmarks.rst."""
+import sys
+
+from .run import main
+
+sys.exit(main())

@@ -1,0 +1,341 @@
+"""One measurement each: a throughput run, an idle-capacity run, a silent-connection
+run, a CPU profile. Each takes a running server and returns a plain dict for the
+results file; none of them decides anything (report.py does).
+
+The load generator always runs pinned to the client CPU, the server to the server
+CPU; every run reports both processes' CPU use, and the per-CPU busy share, so a
+saturated load generator or a noisy neighbour is visible next to the number.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import procs
+from .targets import REPO_DIR, Env
+
+# Leave this much headroom past a run's own duration before killing the client.
+GRACE_SECONDS = 30.0
+PYSPY_RATE = 200  # samples per second
+# Idle test: connections opened at once; one whole wave failing means the server has
+# stopped accepting, so the test gives up instead of waiting out N/64 more timeouts.
+IDLE_PARALLEL = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how often: the full run and --quick differ only here."""
+
+    duration: float = 10.0
+    warmup: float = 2.0
+    repeat: int = 3
+    concurrency: int = 50
+    idle_counts: tuple[int, ...] = (1000, 5000, 10000)
+    silent_count: int = 50
+    fresh_samples: int = 9
+    fresh_timeout: float = 5.0
+    connect_timeout: float = 10.0
+    profile_seconds: float = 10.0
+    client: str = "ab"          # "ab" or "python" (bench/loadgen.py)
+    server_cpus: str = "0"
+    client_cpus: str = "1"
+    quick: bool = False
+
+
+@dataclass
+class Running:
+    """A started, verified server: what the measurements need to reach it."""
+
+    name: str  # the run id, e.g. securewsgi-r0
+    process: procs.Process
+    port: int
+    target: str
+
+
+# -- throughput ----------------------------------------------------------------------
+
+def ab_argv(env: Env, url: str, plan: Plan, duration: float, keepalive: bool) -> list[str]:
+    """ab with the client certificate; -l because servers that close without
+    close_notify would otherwise count every response as a length failure (FACTS 24),
+    -r so one reset does not end the run, -n huge so -t decides when it stops."""
+    seconds = max(1, round(duration))  # ab reads -t as whole seconds (0.5 means no limit)
+    argv = ["ab", "-q", "-l", "-r", "-c", str(plan.concurrency), "-t", str(seconds),
+            "-n", "100000000", "-s", f"{plan.connect_timeout:g}", "-E", str(env.client_combined)]
+    if keepalive:
+        argv.insert(1, "-k")
+    return [*argv, url]
+
+
+def loadgen_argv(env: Env, mode: str, port: int, *options: str) -> list[str]:
+    return [env.python, "-m", "bench.loadgen", mode, "--port", str(port), "--ca", str(env.ca),
+            "--cert", str(env.client_cert), "--key", str(env.client_key), *options]
+
+
+def throughput_argv(env: Env, port: int, plan: Plan, duration: float,
+                    keepalive: bool) -> list[str]:
+    """The load generator's command for one throughput run (before pinning)."""
+    if plan.client == "ab":
+        return ab_argv(env, f"https://127.0.0.1:{port}/", plan, duration, keepalive)
+    return loadgen_argv(env, "load", port, "--connections", str(plan.concurrency),
+                        "--duration", f"{duration:g}", "--timeout", f"{plan.connect_timeout:g}",
+                        *([] if keepalive else ["--new-connection"]))
+
+
+def throughput(env: Env, server: Running, plan: Plan, keepalive: bool,
+               duration: Optional[float] = None, tag: str = "") -> dict[str, Any]:
+    """Requests/s and latency percentiles for one run (keep-alive or new connections)."""
+    duration = duration or plan.duration
+    argv = throughput_argv(env, server.port, plan, duration, keepalive)
+    cpu_before, ticks_before = server.process.cpu_seconds(), procs.cpu_ticks()
+    done = procs.run_bounded(procs.pinned(plan.client_cpus, argv), duration + GRACE_SECONDS,
+                             env.workdir, f"{server.name}-{tag or 'load'}", cwd=REPO_DIR)
+    server_cpu = server.process.cpu_seconds() - cpu_before
+    shares = procs.cpu_shares(ticks_before, procs.cpu_ticks())
+    result = parse_ab(done.stdout) if plan.client == "ab" else parse_loadgen(done.stdout)
+    if result.get("rps") is None:
+        result["error"] = _failure(done)
+    wall = max(done.wall_seconds, 1e-6)
+    result.update({
+        "client": plan.client, "seconds": round(done.wall_seconds, 2),
+        "server_cpu_pct": round(100 * server_cpu / wall, 1),
+        "client_cpu_pct": round(100 * done.cpu_seconds / wall, 1),
+        "cpu_shares": shares,
+    })
+    return result
+
+
+def _failure(done: procs.Finished) -> str:
+    if done.timed_out:
+        return f"load generator did not finish within {done.wall_seconds:.0f}s"
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else f"load generator exited {done.returncode}"
+
+
+_AB_FIELDS = {
+    "complete": r"Complete requests:\s+(\d+)",
+    "failed": r"Failed requests:\s+(\d+)",
+    "keepalive_requests": r"Keep-Alive requests:\s+(\d+)",
+    "non_2xx": r"Non-2xx responses:\s+(\d+)",
+    "rps": r"Requests per second:\s+([\d.]+)",
+    "p50_ms": r"^\s+50%\s+(\d+)",
+    "p99_ms": r"^\s+99%\s+(\d+)",
+    "tls": r"SSL/TLS Protocol:\s+(\S+)",
+    "key_exchange": r"Server Temp Key:\s+(.+)$",
+}
+
+
+def parse_ab(text: str) -> dict[str, Any]:
+    """The numbers of ab's report (latency percentiles are whole milliseconds)."""
+    result: dict[str, Any] = {}
+    for key, pattern in _AB_FIELDS.items():
+        match = re.search(pattern, text, re.MULTILINE)
+        value: Any = match.group(1).strip() if match else None
+        if value is not None and key not in ("tls", "key_exchange"):
+            value = float(value) if "." in value or key == "rps" else int(value)
+        result[key] = value
+    if result.get("complete") and result.get("keepalive_requests") is not None:
+        result["keepalive_share"] = round(result["keepalive_requests"] / result["complete"], 3)
+    return result
+
+
+def parse_loadgen(text: str) -> dict[str, Any]:
+    data = _last_json(text) or {}
+    result = {k: data.get(k) for k in ("rps", "p50_ms", "p99_ms")}
+    result["complete"] = data.get("requests")
+    result["failed"] = sum((data.get("errors") or {}).values())
+    result["errors"] = data.get("errors")
+    if data.get("requests"):
+        reused = data["requests"] - data.get("connections_opened", 0)
+        result["keepalive_share"] = round(max(0, reused) / data["requests"], 3)
+    return result
+
+
+def _last_json(text: str) -> Optional[dict[str, Any]]:
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+# -- silent connections --------------------------------------------------------------
+
+def silent_argv(env: Env, port: int, plan: Plan) -> list[str]:
+    return loadgen_argv(env, "silent", port, "--connections", str(plan.silent_count),
+                        "--samples", str(plan.fresh_samples),
+                        "--fresh-timeout", f"{plan.fresh_timeout:g}")
+
+
+def silent(env: Env, server: Running, plan: Plan, tag: str) -> dict[str, Any]:
+    """Fresh-client latency on a quiet server, then with `silent_count` silent TCP
+    connections open (connected, nothing sent)."""
+    argv = silent_argv(env, server.port, plan)
+    budget = 2 * plan.fresh_samples * plan.fresh_timeout + GRACE_SECONDS
+    done = procs.run_bounded(procs.pinned(plan.client_cpus, argv), budget, env.workdir,
+                             f"{server.name}-{tag}", cwd=REPO_DIR)
+    data = _last_json(done.stdout)
+    if data is None or "error" in data:
+        return {"error": (data or {}).get("error") or _failure(done)}
+    return {
+        "quiet_ms": data["quiet"]["ms"], "silent_ms": data["silent"]["ms"],
+        "ratio": data["ratio"], "quiet_error": data["quiet"]["error"],
+        "silent_error": data["silent"]["error"], "silent_connections": data["silent_connections"],
+        "open_error": data["open_error"],
+        "quiet_samples_ms": data["quiet"]["samples_ms"],
+        "silent_samples_ms": data["silent"]["samples_ms"],
+    }
+
+
+# -- idle capacity -------------------------------------------------------------------
+
+def open_deadline_for(count: int) -> float:
+    """Seconds the idle test may spend opening `count` connections (>= 100/s)."""
+    return max(30.0, count / 100)
+
+
+def idle_argv(env: Env, port: int, plan: Plan, count: int) -> list[str]:
+    return loadgen_argv(env, "idle", port, "--connections", str(count),
+                        "--timeout", f"{plan.connect_timeout:g}",
+                        "--open-deadline", f"{open_deadline_for(count):g}",
+                        "--samples", str(plan.fresh_samples),
+                        "--fresh-timeout", f"{plan.fresh_timeout:g}", "--hold-timeout", "120",
+                        "--parallel", str(IDLE_PARALLEL), "--give-up-after", str(IDLE_PARALLEL))
+
+
+def idle(env: Env, server: Running, plan: Plan, count: int, tag: str) -> dict[str, Any]:
+    """Hold `count` mutual-TLS keep-alive connections; RSS per held connection and
+    a fresh client's latency while they are held."""
+    rss_before = server.process.rss_kib()
+    argv = idle_argv(env, server.port, plan, count)
+    open_deadline = open_deadline_for(count)
+    client = procs.Process(procs.pinned(plan.client_cpus, argv), env.workdir,
+                           f"{server.name}-{tag}", cwd=REPO_DIR, interactive=True)
+    try:
+        held = _last_json(client.read_line(open_deadline + GRACE_SECONDS) or "")
+        if held is None:
+            return {"requested": count, "error": "load generator gave no report: "
+                    + client.last_error_line()}
+        settle_rss(server.process)
+        rss_held = server.process.rss_kib()
+        client.write_line("go")
+        done = _last_json(client.read_line(plan.fresh_samples * plan.fresh_timeout
+                                           + GRACE_SECONDS) or "") or {}
+    finally:
+        client.stop(grace=5)
+    held_count = held.get("held", 0)
+    fresh = done.get("fresh") or {"ms": None, "error": "no report from the load generator"}
+    return {
+        "requested": count, "held": held_count, "failed": held.get("failed"),
+        "first_error": held.get("first_error"), "gave_up": held.get("gave_up"),
+        "open_seconds": held.get("open_seconds"), "still_open": done.get("still_open"),
+        "rss_before_kib": rss_before, "rss_held_kib": rss_held,
+        "rss_per_conn_kib": round((rss_held - rss_before) / held_count, 2) if held_count else None,
+        "fresh_ms": fresh.get("ms"), "fresh_error": fresh.get("error"),
+        "fresh_samples_ms": fresh.get("samples_ms"),
+    }
+
+
+def settle_rss(process: procs.Process, timeout: float = 3.0) -> None:
+    """Wait (bounded) until the server's RSS stops growing: it may still be finishing
+    the last handshakes when the client reports them held."""
+    deadline = time.monotonic() + timeout
+    last = process.rss_kib()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = process.rss_kib()
+        if now == last:
+            return
+        last = now
+
+
+# -- CPU profile ---------------------------------------------------------------------
+
+def pyspy_path() -> Optional[str]:
+    from .targets import script
+
+    found = script("py-spy")
+    return found if shutil.which(found) else None
+
+
+def pyspy_argv(spy: str, pid: int, plan: Plan, output: Path) -> list[str]:
+    return [spy, "record", "--pid", str(pid), "--duration", f"{plan.profile_seconds:g}",
+            "--rate", str(PYSPY_RATE), "--format", "raw", "--function", "--nonblocking",
+            "--output", str(output)]
+
+
+def profile(env: Env, server: Running, plan: Plan, keepalive: bool,
+            out_dir: Path, tag: str) -> dict[str, Any]:
+    """Sample the server with py-spy while the load generator drives it.
+
+    py-spy attaches by PID (it needs ptrace: root or CAP_SYS_PTRACE), samples without
+    pausing the process (--nonblocking) and groups samples by function. It runs on
+    the client CPU so the server keeps its own core.
+    """
+    spy = pyspy_path()
+    if spy is None:
+        return {"error": "py-spy not installed: pip install -r bench/requirements.txt"}
+    raw = out_dir / f"{tag}.txt"
+    argv = pyspy_argv(spy, server.process.pid, plan, raw)
+    sampler = procs.Process(procs.pinned(plan.client_cpus, argv), env.workdir,
+                            f"{server.name}-{tag}-pyspy")
+    try:  # the load run starts at once and outlasts the sampling window
+        throughput(env, server, plan, keepalive, duration=plan.profile_seconds + 1, tag=tag)
+        deadline = time.monotonic() + GRACE_SECONDS
+        while sampler.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        sampler.stop(grace=5)
+    if not raw.exists():
+        return {"error": "py-spy wrote no profile: " + sampler.last_error_line()}
+    summary = summarize_profile(raw.read_text())
+    summary["expected_samples"] = int(plan.profile_seconds * PYSPY_RATE)
+    summary["raw_file"] = str(raw)
+    summary["command"] = " ".join(argv)
+    return summary
+
+
+def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive shares per function from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [short_frame(frame) for frame in stack.split(";")]
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+
+    def shares(counter: Counter[str]) -> list[list[Any]]:
+        return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)]
+
+    return {"samples": total, "self": shares(own), "inclusive": shares(inclusive)}
+
+
+def short_frame(frame: str) -> str:
+    """'recv_into (/…/site-packages/eventlet/green/ssl.py:259)' -> 'recv_into
+    (eventlet/green/ssl.py:259)'."""
+    match = re.match(r"(.*) \((.*)\)$", frame)
+    if not match:
+        return frame
+    name, where = match.groups()
+    for marker in ("site-packages/", "/lib/python3", str(REPO_DIR) + "/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            if marker == "/lib/python3":
+                where = "stdlib " + where.split("/", 1)[-1]
+            break
+    return f"{name} ({where})"
+

@@ -1,0 +1,422 @@
+"""`python -m bench`: run every target, write bench/results/<timestamp>.json, render
+docs/benchmarks.rst and docs/benchmarks.png.
+
+Order of work (repetitions are interleaved across targets, so slow drift on a shared
+machine spreads over all targets instead of biasing one; FACTS 28):
+
+1. make a test PKI with ``securewsgi-certs init`` in a temporary directory;
+2. for each repetition, for each target: start it pinned to the server CPU, check it
+   answers ``hello, world`` and refuses a client without a certificate, warm up, then
+   keep-alive throughput, new-connection throughput, silent connections; stop it;
+3. CPU profiles of securewsgi under keep-alive and new-connection load (py-spy);
+4. idle capacity: for each N, each repetition, each target, on a fresh server;
+5. results file and page.
+
+A target that is not installed is skipped with the command that installs it; one
+that does not start is reported as "not available: <its own last stderr line>" and
+the run carries on.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import loadgen, measure, procs, report
+from .install import run_setup
+from .targets import BENCH_DIR, REPO_DIR, Env, Target, by_name, parse_override
+
+RESULTS_DIR = BENCH_DIR / "results"
+DOCS_PAGE = REPO_DIR / "docs" / "benchmarks.rst"
+DOCS_CHART = REPO_DIR / "docs" / "benchmarks.png"
+START_TIMEOUT = 30.0
+QUICK_PROFILE_SECONDS = 3.0  # --quick --profile
+
+QUICK_PLAN = measure.Plan(duration=2.0, warmup=1.0, repeat=1, idle_counts=(200,),
+                          fresh_samples=3, fresh_timeout=2.0, connect_timeout=5.0,
+                          profile_seconds=0, quick=True)
+
+
+class Unavailable(Exception):
+    """A target that could not be started or does not serve what it should."""
+
+
+# -- command line --------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark securewsgi against other mutual-TLS WSGI servers and nginx.")
+    parser.add_argument("--setup", action="store_true",
+                        help="install what the targets need (apt packages when root, "
+                             "bench/requirements.txt, two gunicorn venvs in bench/.venvs) "
+                             "and exit")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: seconds per target, 1 repetition, small N, only "
+                             "installed targets, no goals judged; for CI")
+    parser.add_argument("--targets", help="comma-separated subset, e.g. securewsgi,nginx")
+    parser.add_argument("--repeat", type=int, help="repetitions per metric (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds per throughput run (10)")
+    parser.add_argument("--idle", help="idle connection counts (1000,5000,10000)")
+    parser.add_argument("--client", choices=("ab", "python"),
+                        help="throughput load generator: ab (default) or bench/loadgen.py")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
+                        help="py-spy profiles of securewsgi (default: on, off with --quick)")
+    parser.add_argument("--server-cpus", help="CPU list for servers (taskset; default 0)")
+    parser.add_argument("--client-cpus", help="CPU list for load generators (default 1)")
+    parser.add_argument("--securewsgi-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the securewsgi targets' service file, e.g. "
+                             "server.max_connections=12000 (repeatable; shown on the page)")
+    parser.add_argument("--render", metavar="RESULTS_JSON",
+                        help="only render the page (and chart) from an earlier results file")
+    parser.add_argument("--output", metavar="RST",
+                        help="page to write (default docs/benchmarks.rst; --quick: next to "
+                             "the results file)")
+    return parser
+
+
+def plan_from_args(args: argparse.Namespace) -> measure.Plan:
+    plan = QUICK_PLAN if args.quick else measure.Plan()
+    if args.profile is not None:
+        seconds = QUICK_PROFILE_SECONDS if args.quick else measure.Plan().profile_seconds
+        plan = replace(plan, profile_seconds=seconds if args.profile else 0)
+    overrides: dict[str, Any] = {
+        "repeat": args.repeat, "duration": args.duration, "client": args.client,
+        "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
+        "idle_counts": tuple(int(n) for n in args.idle.split(",")) if args.idle else None,
+    }
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.setup:
+        return run_setup()
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        page = Path(args.output) if args.output else DOCS_PAGE
+        publish(results, page)
+        print(f"wrote {page}")
+        return 0
+    plan = plan_from_args(args)
+    try:
+        targets = by_name(args.targets.split(",") if args.targets else None)
+    except ValueError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        overrides = tuple(parse_override(item) for item in args.securewsgi_set)
+    except ValueError as exc:
+        print(f"python -m bench: --securewsgi-set: {exc}", file=sys.stderr)
+        return 2
+    plan, problem = check_tools(plan)
+    if problem:
+        print(f"python -m bench: {problem}", file=sys.stderr)
+        return 2
+    return run(plan, targets, Path(args.output) if args.output else None, overrides)
+
+
+def check_tools(plan: measure.Plan) -> tuple[measure.Plan, Optional[str]]:
+    """The harness's own needs. Without ab a quick run falls back to bench/loadgen.py;
+    a full run refuses, since the Python client cannot drive the fast targets."""
+    if shutil.which("taskset") is None:
+        return plan, "taskset not found (util-linux): apt-get install -y util-linux"
+    if len(os.sched_getaffinity(0)) < 2:
+        return plan, "needs 2 CPUs: one for the server, one for the load generator"
+    if plan.client == "ab" and shutil.which("ab") is None:
+        if plan.quick:
+            print("bench: ab not installed; quick run uses bench/loadgen.py for throughput")
+            return replace(plan, client="python"), None
+        return plan, ("ab not installed: apt-get install -y apache2-utils (or python -m bench "
+                      "--setup as root); or pass --client python")
+    return plan, None
+
+
+# -- the run -------------------------------------------------------------------------
+
+def run(plan: measure.Plan, targets: list[Target], output: Optional[Path],
+        overrides: tuple[tuple[str, Any], ...] = ()) -> int:
+    loadgen.raise_open_files_limit()  # inherited by the servers and load generators
+    # The harness itself (probes, /proc reads) stays off the server's CPU.
+    os.sched_setaffinity(0, procs.cpu_list(plan.client_cpus))
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    name = stamp.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if plan.quick else "")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    results: dict[str, Any] = {
+        "schema": 1, "mode": "quick" if plan.quick else "full",
+        "started": stamp.isoformat(timespec="seconds"), "plan": asdict(plan),
+        "machine": machine_info(), "tools": tool_versions(),
+        "loadavg_before": _loadavg(), "targets": {},
+        "securewsgi_overrides": {key: value for key, value in overrides},
+    }
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="securewsgi-bench-") as tmp:
+        env = replace(make_env(Path(tmp)), securewsgi_overrides=overrides)
+        bench = Bench(env, plan, results, RESULTS_DIR / f"{name}-profiles")
+        bench.run_all(targets)
+        results["commands"] = bench.commands()
+    results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds")
+    results["seconds"] = round(time.monotonic() - began, 1)
+    results["loadavg_after"] = _loadavg()
+    json_path = RESULTS_DIR / f"{name}.json"
+    json_path.write_text(json.dumps(results, indent=1))
+    page = output or (RESULTS_DIR / f"{name}.rst" if plan.quick else DOCS_PAGE)
+    publish(results, page)
+    print(f"bench: wrote {json_path} and {page} in {results['seconds']:.0f}s")
+    ours = results["targets"].get("securewsgi", {})
+    return 0 if ours.get("status") == "ok" and ours.get("runs", {}).get("keepalive") else 1
+
+
+def publish(results: dict[str, Any], page: Path) -> None:
+    """The page, and the chart next to it (docs/benchmarks.png for the docs page)."""
+    chart = page.with_suffix(".png")
+    chart_ok = report.chart(results, chart)
+    page.write_text(report.render(results, chart.name if chart_ok else None))
+
+
+def make_env(workdir: Path) -> Env:
+    """A fresh PKI made by the product's own command, plus the PEM `ab -E` needs."""
+    pki = workdir / "pki"
+    done = subprocess.run([sys.executable, "-m", "securewsgi.commands.certs", "init", str(pki),
+                           "--client", "alice"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"python -m bench: securewsgi-certs init failed: {done.stderr.strip()}")
+    env = Env(workdir=workdir, pki=pki)
+    env.client_combined.write_text(env.client_cert.read_text() + env.client_key.read_text())
+    env.client_combined.chmod(0o600)
+    return env
+
+
+class Bench:
+    """Runs the plan over the targets and fills `results["targets"]`."""
+
+    def __init__(self, env: Env, plan: measure.Plan, results: dict[str, Any],
+                 profile_dir: Path) -> None:
+        self.env = env
+        self.plan = plan
+        self.results = results
+        self.profile_dir = profile_dir
+
+    def run_all(self, targets: list[Target]) -> None:
+        runnable = [t for t in targets if self._describe(t)]
+        for rep in range(self.plan.repeat):
+            for target in list(runnable):
+                if not self._with_server(target, f"r{rep}", self._throughput_block):
+                    runnable.remove(target)
+        if self.plan.profile_seconds > 0:
+            for target in (t for t in runnable if t.profile):
+                self._with_server(target, "profile", self._profile_block)
+        for count in self.plan.idle_counts:
+            for rep in range(self.plan.repeat):
+                for target in runnable:
+                    self._with_server(target, f"idle{count}-r{rep}",
+                                      functools.partial(self._idle_block, count=count))
+
+    # bookkeeping
+    def _entry(self, target: Target) -> dict[str, Any]:
+        return self.results["targets"][target.name]
+
+    def _describe(self, target: Target) -> bool:
+        """Record what the target is; False when it is not installed."""
+        missing = target.missing()
+        entry = {"title": target.title, "notes": target.notes,
+                 "status": "not installed" if missing else "ok", "reason": missing,
+                 "version": None if missing else target.version(),
+                 "runs": {"keepalive": [], "newconn": [], "silent": [], "idle": {}}}
+        self.results["targets"][target.name] = entry
+        if missing:
+            print(f"bench: {target.name}: not installed: {missing}")
+        return missing is None
+
+    def _with_server(self, target: Target, run_tag: str,
+                     block: Callable[[measure.Running], None]) -> bool:
+        """Start `target`, run `block` on it, stop it. False if it did not start."""
+        entry = self._entry(target)
+        run_id = f"{target.name}-{run_tag}"
+        print(f"bench: {run_id} ...", flush=True)
+        try:
+            running = self._start(target, run_id)
+        except Unavailable as exc:
+            reason = str(exc).replace(str(self.env.workdir), "$BENCH_TMP")
+            print(f"bench: {target.name}: not available: {reason}")
+            if not any(entry["runs"][k] for k in ("keepalive", "newconn", "silent")):
+                entry.update(status="not available", reason=reason)
+            else:
+                entry.setdefault("errors", []).append(f"{run_tag}: {reason}")
+            return False
+        try:
+            block(running)
+        finally:
+            running.process.stop()
+        return True
+
+    def _start(self, target: Target, run_id: str) -> measure.Running:
+        launch = target.launch(self.env, run_id)
+        entry = self._entry(target)
+        argv = procs.pinned(self.plan.server_cpus, launch.argv)
+        entry.setdefault("command", self._display(" ".join(argv)))
+        entry.setdefault("files", {k: self._display(v) for k, v in launch.files.items()})
+        process = procs.Process(argv, self.env.workdir, run_id, cwd=launch.cwd)
+        try:
+            port = wait_until_serving(process, launch.port, launch.port_pattern, self.env)
+            check = verify(self.env, port)
+        except Unavailable:
+            process.stop()
+            raise
+        entry.setdefault("check", check)
+        return measure.Running(run_id, process, port, target.name)
+
+    def commands(self) -> dict[str, str]:
+        """The load generators' command lines exactly as run (PORT, N and PID vary)."""
+        env, plan = self.env, self.plan
+        loaded = {
+            "keep-alive throughput": measure.throughput_argv(env, 0, plan, plan.duration, True),
+            "new connections": measure.throughput_argv(env, 0, plan, plan.duration, False),
+            "idle capacity": measure.idle_argv(env, 0, plan, 0),
+            "silent connections": measure.silent_argv(env, 0, plan),
+        }
+        if plan.profile_seconds > 0:
+            loaded["profile (during a keep-alive and a new-connection run)"] = \
+                measure.pyspy_argv("py-spy", 0, plan, Path("PROFILE.txt"))
+        placeholders = {"127.0.0.1:0/": "127.0.0.1:PORT/", "--port 0": "--port PORT",
+                        "--connections 0": "--connections N", "--pid 0": "--pid PID"}
+        shown = {}
+        for label, argv in loaded.items():
+            text = self._display(" ".join(procs.pinned(plan.client_cpus, argv)))
+            for literal, placeholder in placeholders.items():
+                text = text.replace(literal, placeholder)
+            shown[label] = text
+        return shown
+
+    def _display(self, text: str) -> str:
+        return text.replace(str(self.env.workdir), "$BENCH_TMP").replace(
+            str(REPO_DIR) + "/", "").replace(sys.executable, "python")
+
+    # the blocks
+    def _throughput_block(self, run: measure.Running) -> None:
+        runs = self._entry_for(run)["runs"]
+        if self.plan.warmup > 0:
+            measure.throughput(self.env, run, self.plan, True, self.plan.warmup, "warmup")
+        runs["keepalive"].append(measure.throughput(self.env, run, self.plan, True,
+                                                    tag="keepalive"))
+        runs["newconn"].append(measure.throughput(self.env, run, self.plan, False,
+                                                  tag="newconn"))
+        runs["silent"].append(measure.silent(self.env, run, self.plan, "silent"))
+        self._progress(run.name, runs)
+
+    def _profile_block(self, run: measure.Running) -> None:
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        measure.throughput(self.env, run, self.plan, True, max(self.plan.warmup, 1), "warmup")
+        entry = self._entry_for(run)
+        entry["profile"] = {
+            kind: measure.profile(self.env, run, self.plan, kind == "keepalive",
+                                  self.profile_dir, f"{run.name}-{kind}")
+            for kind in ("keepalive", "newconn")
+        }
+
+    def _idle_block(self, run: measure.Running, count: int) -> None:
+        result = measure.idle(self.env, run, self.plan, count, f"idle{count}")
+        self._entry_for(run)["runs"]["idle"].setdefault(str(count), []).append(result)
+        fresh = result.get("fresh_ms")
+        print(f"bench:   held {result.get('held')}/{count}, "
+              f"{result.get('rss_per_conn_kib')} KiB/conn, "
+              f"{f'fresh client {fresh} ms' if fresh is not None else result.get('fresh_error')}",
+              flush=True)
+
+    def _entry_for(self, run: measure.Running) -> dict[str, Any]:
+        return self.results["targets"][run.target]
+
+    @staticmethod
+    def _progress(run_id: str, runs: dict[str, Any]) -> None:
+        keep, new, quiet = runs["keepalive"][-1], runs["newconn"][-1], runs["silent"][-1]
+        print(f"bench:   keep-alive {keep.get('rps')} req/s (p99 {keep.get('p99_ms')} ms), "
+              f"new connections {new.get('rps')}/s, fresh client quiet "
+              f"{quiet.get('quiet_ms')} ms / with silent {quiet.get('silent_ms')} ms",
+              flush=True)
+
+
+def wait_until_serving(process: procs.Process, port: int, pattern: Optional[str],
+                       env: Env) -> int:
+    """Poll (bounded) until the server answers one mutual-TLS GET; its port."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise Unavailable(process.last_error_line())
+        if port == 0 and pattern:
+            match = re.search(pattern, process.stderr_text())
+            port = int(match.group(1)) if match else 0
+        if port and probe(env, port, with_cert=True)["ok"]:
+            return port
+        time.sleep(0.1)  # poll interval
+    raise Unavailable(f"did not answer within {START_TIMEOUT:g}s")
+
+
+def probe(env: Env, port: int, with_cert: bool) -> dict[str, Any]:
+    context = loadgen.client_context(str(env.ca), str(env.client_cert) if with_cert else None,
+                                     str(env.client_key) if with_cert else None)
+    return asyncio.run(loadgen.probe(loadgen.Peer("127.0.0.1", port, context), timeout=3.0))
+
+
+def verify(env: Env, port: int) -> dict[str, Any]:
+    """The target serves the right body and refuses a client without a certificate."""
+    good = probe(env, port, with_cert=True)
+    if not good["ok"] or good["status"] != 200 or good["body"] != "hello, world\n":
+        raise Unavailable(f"answered {good!r} instead of 200 'hello, world'")
+    refused = probe(env, port, with_cert=False)
+    # nginx completes the handshake and answers 400 "No required SSL certificate was sent"
+    enforced = not refused["ok"] or refused["status"] != 200
+    return {"tls_version": good["tls_version"], "cipher": good["cipher"],
+            "keep_alive_http11": good["keep_alive"], "mtls_enforced": enforced,
+            "no_cert_result": refused.get("error") or f"HTTP {refused.get('status')}"}
+
+
+# -- facts about the machine and the tools -------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    lscpu = _output(["lscpu"])
+    model = re.search(r"Model name:\s+(.+)", lscpu)
+    mem = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+    return {
+        "cpu_model": model.group(1).strip() if model else platform.processor(),
+        "cpus": os.cpu_count(), "kernel": platform.release(),
+        "memory_gib": round(int(mem.group(1)) / 1024 / 1024, 1) if mem else None,
+        "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
+        "hypervisor": (re.search(r"Hypervisor vendor:\s+(.+)", lscpu) or [None, None])[1],
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    ab_version = re.search(r"Version (\S+)", _output(["ab", "-V"])) if shutil.which("ab") else None
+    versions = {"ab": f"ApacheBench {ab_version.group(1)}" if ab_version else "-",
+                "taskset": _output(["taskset", "--version"]).strip()}
+    spy = measure.pyspy_path()
+    versions["py-spy"] = _output([spy, "--version"]).strip() if spy else "-"
+    return versions
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return ""
+    return done.stdout + done.stderr
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
