@@ -190,14 +190,7 @@ class ServerProcess:
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def wait_log(self, pattern: str, timeout: float = 10.0, stream: str = "stderr") -> str:
         return wait_for(lambda: re.search(pattern, getattr(self, stream)) and getattr(
@@ -208,6 +201,18 @@ class ServerProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM a process we started, SIGKILL it if it outlives `timeout`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
 
 
 def run_command(*args: str, timeout: float = 60.0, **kwargs: Any
@@ -497,14 +502,8 @@ class ForegroundProcess:
         return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
 
 
 def exchange(port: int, request: bytes, ctx: Optional[ssl.SSLContext] = None,
