@@ -167,3 +167,17 @@ def test_renegotiation_is_refused(servers, test_pki: PKIFiles) -> None:
     with session(test_pki.ca_pem, alice) as s:  # and the server carries on
         assert s.get(server.url("/"), timeout=10).status_code == 200
     assert "Traceback" not in server.stderr
+
+
+@pytest.mark.parametrize("kind", ["unknown-ca", "expired", "future", "server-eku"])
+def test_mutual_refuses_bad_certificates_with_openssl_s_client(servers, test_pki: PKIFiles,
+                                                               kind: str) -> None:
+    client = test_pki.clients[kind]
+    server = servers["mutual"]
+    result = openssl_s_client(server, "-CAfile", str(test_pki.ca_pem), "-cert",
+                              str(client.cert), "-key", str(client.key),
+                              request=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    both = (result.stdout + result.stderr).decode(errors="replace")
+    assert "HTTP/1.1 200" not in both
+    assert "alert" in both  # the server's refusal reaches the client as a TLS alert
+    server.wait_log(f"reason={REFUSAL[kind]}")
