@@ -118,10 +118,13 @@ class IdentityMiddleware:
     # ------------------------------------------------------------------ per request
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        # 1. nothing under our names survives unless we put it there
-        planted = [k for k in environ if k.startswith("SSL_CLIENT_")]
-        for key in planted:
-            del environ[key]
+        # 1. nothing under our names survives unless we put it there. An environ that
+        # securewsgi's own protocol built (it carries TLS_PEER_KEY, and no identity layer
+        # ran yet) holds only HTTP_* keys from the client: the scan would find nothing.
+        if PEER_KEY in environ or TLS_PEER_KEY not in environ:
+            planted = [k for k in environ if k.startswith("SSL_CLIENT_")]
+            for key in planted:
+                del environ[key]
         environ.pop("REMOTE_USER", None)
         header = environ.pop(self._header_key, None)
 
