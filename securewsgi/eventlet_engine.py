@@ -43,7 +43,7 @@ with warnings.catch_warnings():  # eventlet warns about its own deprecation on i
 import contextlib
 
 from .config import ServerConfig
-from .http11 import AccessLogger, Connection, HTTPOptions
+from .http11 import AccessLogger, Connection
 from .logs import RateLimitedLog
 from .proxyprotocol import ProxyHeaderError
 from .proxyprotocol import read_header as read_proxy_header
@@ -103,21 +103,6 @@ def _address(addr: Any) -> str:
     return str(addr)
 
 
-def http_options(config: ServerConfig) -> HTTPOptions:
-    return HTTPOptions(
-        keepalive=config.keepalive,
-        socket_timeout=config.socket_timeout,
-        header_timeout=config.header_timeout,
-        url_length_limit=config.url_length_limit,
-        max_header_count=config.max_header_count,
-        max_header_bytes=config.max_header_bytes,
-        max_request_body=config.max_request_body,
-        max_http_version=config.max_http_version,
-        minimum_chunk_size=config.minimum_chunk_size,
-        capitalize_response_headers=config.capitalize_response_headers,
-    )
-
-
 class _Server:
     """The accept loop, the connections it owns, and how they end."""
 
@@ -130,7 +115,7 @@ class _Server:
         self.tls = tls
         self.access_log = access_log
         self.proxy_from = proxy_from
-        self.options = http_options(config)
+        self.options = config
         self.pool = eventlet.GreenPool(config.max_connections)
         self.connections: set[Connection] = set()
         host, port = listener.getsockname()[:2]

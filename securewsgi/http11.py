@@ -27,6 +27,7 @@ from email.utils import formatdate
 from typing import Any, Callable, Optional
 from urllib.parse import unquote
 
+from .config import ServerConfig
 from .logs import RateLimitedLog
 
 log = logging.getLogger("securewsgi.http")
@@ -49,22 +50,6 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 DISCARD_LIMIT = 64 * 1024  # unread request body we read away to keep the connection
 RECV_SIZE = 65536
-
-
-@dataclass(frozen=True)
-class HTTPOptions:
-    """What a connection needs from `server` config, resolved once at start-up."""
-
-    keepalive: Any = True  # bool, or idle seconds between requests
-    socket_timeout: float = 60.0
-    header_timeout: float = 30.0
-    url_length_limit: int = 8192
-    max_header_count: int = 100
-    max_header_bytes: int = 65536
-    max_request_body: Optional[int] = None
-    max_http_version: str = "HTTP/1.1"
-    minimum_chunk_size: int = 4096
-    capitalize_response_headers: bool = True
 
 
 class Refusal(Exception):
@@ -134,7 +119,7 @@ class Connection:
     __slots__ = ("access_log", "app", "base", "buf", "closing", "idle", "options",
                  "peer", "requests", "sock")
 
-    def __init__(self, sock: Any, app: WSGIApp, base: dict, options: HTTPOptions,
+    def __init__(self, sock: Any, app: WSGIApp, base: dict, options: ServerConfig,
                  access_log: Optional[AccessLogger], peer: str) -> None:
         self.sock = sock
         self.app = app
@@ -309,7 +294,7 @@ class _Request:
     expect_continue: bool
 
 
-def _check_partial_head(buf: bytes, options: HTTPOptions) -> None:
+def _check_partial_head(buf: bytes, options: ServerConfig) -> None:
     """Refuse early what can never become a valid head, before reading more of it."""
     line_end = buf.find(b"\r\n")
     if line_end < 0:
@@ -326,7 +311,7 @@ def _check_partial_head(buf: bytes, options: HTTPOptions) -> None:
         raise Refusal(400, "bare LF or CR line ending")
 
 
-def _parse_head(head: bytes, options: HTTPOptions) -> _Request:
+def _parse_head(head: bytes, options: ServerConfig) -> _Request:
     """Strict RFC 9112 parsing; anything ambiguous is a `Refusal`."""
     line_end = head.find(b"\r\n")
     if line_end > options.url_length_limit:
@@ -375,7 +360,7 @@ def _parse_head(head: bytes, options: HTTPOptions) -> _Request:
 
 
 def _make_request(method: str, target: str, version: str, headers: dict,
-                  environ_keys: list, content_lengths: list, options: HTTPOptions
+                  environ_keys: list, content_lengths: list, options: ServerConfig
                   ) -> _Request:
     content_length = None
     if content_lengths:

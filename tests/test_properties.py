@@ -12,10 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securewsgi.config import load_config
+from securewsgi.config import ServerConfig, load_config
 from securewsgi.errors import ConfigError
 from securewsgi.forwarded import ForwardedCertError, ForwardedCertReader, parse_xfcc
-from securewsgi.http11 import HTTPOptions, Refusal, _check_partial_head, _parse_head
+from securewsgi.http11 import Refusal, _check_partial_head, _parse_head
 
 SECTIONS = ("server", "tls", "app", "identity", "authorization", "logging", "servr")
 KEYS = ("host", "port", "workers", "keepalive", "mode", "certfile", "ca_certs",
@@ -74,7 +74,7 @@ def test_forwarded_header_parsers_raise_only_their_error(value: str) -> None:
             ForwardedCertReader(header).peer(value)
 
 
-OPTIONS = HTTPOptions(url_length_limit=256, max_header_count=10, max_header_bytes=512)
+OPTIONS = ServerConfig(url_length_limit=256, max_header_count=10, max_header_bytes=512)
 HEAD_PIECES = st.sampled_from([b"GET", b"POST", b" ", b"/", b"/a", b"HTTP/1.1", b"HTTP/1.0",
                                b"HTTP/2.0", b"\r\n", b"\n", b"\r", b"Host: x", b":",
                                b"Content-Length: 5", b"Transfer-Encoding: chunked",
@@ -102,7 +102,7 @@ def test_http_parser_raises_only_refusal(head: bytes) -> None:
 def test_parsed_header_values_never_hold_line_breaks(name: str, value: str) -> None:
     head = f"GET / HTTP/1.1\r\nHost: x\r\n{name}: {value}\r\n".encode()
     try:
-        request = _parse_head(head, HTTPOptions())
+        request = _parse_head(head, ServerConfig())
     except Refusal:
         return
     keys = dict(request.environ_headers)
