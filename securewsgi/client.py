@@ -48,6 +48,7 @@ from requests.adapters import HTTPAdapter
 
 from .config import INI_SUFFIXES, YAML_SUFFIXES, expand_env
 from .errors import ConfigError
+from .tls import ca_files, pem_certificates
 
 __all__ = ["CONFIG_KEYS", "ClientConfigError", "ClientSettings", "read_client_config",
            "session", "ssl_context"]
@@ -58,7 +59,6 @@ Password = Union[str, bytes, None]
 #: Keys of the client section of a ``config=`` file.
 CONFIG_KEYS = ("ca_certs", "certfile", "keyfile", "key_password", "timeout")
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
-_CA_SUFFIXES = (".pem", ".crt", ".cer")  # the same rule as the server's tls.ca_certs
 
 
 class ClientConfigError(ValueError):
@@ -271,11 +271,7 @@ def _read(settings: ClientSettings, key: str, path: Path) -> bytes:
 
 
 def _certificates(settings: ClientSettings, key: str, path: Path) -> list[x509.Certificate]:
-    data = _read(settings, key, path)
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certs = []
+    certs = pem_certificates(_read(settings, key, path))
     if not certs:
         raise ClientConfigError(f"{settings.where(key)}: {path}: no PEM certificate in it",
                                 path)
@@ -285,8 +281,7 @@ def _certificates(settings: ClientSettings, key: str, path: Path) -> list[x509.C
 def _ca_pem(settings: ClientSettings, path: Path) -> str:
     """Every CA of a file or directory as one PEM string (no c_rehash links needed)."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir()
-                       if p.suffix.lower() in _CA_SUFFIXES and p.is_file())
+        files = ca_files(path)
         if not files:
             raise ClientConfigError(f"{settings.where('ca_certs')}: {path}: no "
                                     ".pem/.crt/.cer files in this directory", path)

@@ -38,7 +38,16 @@ _CA_SUFFIXES = (".pem", ".crt", ".cer")
 
 def ca_files(path: Path) -> list[Path]:
     """The CA files of a `ca_certs` directory: every .pem/.crt/.cer in it, sorted."""
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in _CA_SUFFIXES)
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in _CA_SUFFIXES
+                  and p.is_file())
+
+
+def pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every PEM certificate in `data`; empty when there is none or it is malformed."""
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return []
 
 
 @dataclass(frozen=True)
@@ -199,11 +208,7 @@ def _read_bytes(source: Path, key: str, path: Path) -> bytes:
 
 
 def _read_certificates(source: Path, key: str, path: Path) -> list[x509.Certificate]:
-    data = _read_bytes(source, key, path)
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certs = []
+    certs = pem_certificates(_read_bytes(source, key, path))
     if not certs:
         raise ConfigError(source, key, f"no PEM certificate in {path}")
     return certs
