@@ -29,6 +29,7 @@ ALLOW_FIELDS = (
     "cn", "dn", "issuer_dn", "san_dns", "san_uri", "san_email",
     "serial", "fingerprint_sha256", "any", "anonymous",
 )
+ENGINES = ("eventlet", "threads")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 INI_SUFFIXES = (".ini", ".conf", ".cfg")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -59,6 +60,10 @@ class ServerConfig:
     log_x_forwarded_for: bool = True
     monkey_patch: bool = True
     proxy_protocol: bool = False
+    engine: str = "eventlet"
+    threads: int = 64
+    max_handshakes: int = 256
+    max_handshakes_per_ip: int = 64
 
 
 @dataclass(frozen=True)
@@ -481,6 +486,7 @@ def _keepalive(raw: Any) -> Union[bool, float]:
 def _read_server(source: Path, raw: Any) -> ServerConfig:
     s = _Section(source, "server", raw)
     d = ServerConfig()
+    monkey_patch_given = s.has("monkey_patch")
     cfg = ServerConfig(
         host=s.take("host", text, d.host),
         port=s.take("port", int_in(0, 65535), d.port),
@@ -506,7 +512,15 @@ def _read_server(source: Path, raw: Any) -> ServerConfig:
         log_x_forwarded_for=s.take("log_x_forwarded_for", parse_bool, d.log_x_forwarded_for),
         monkey_patch=s.take("monkey_patch", parse_bool, d.monkey_patch),
         proxy_protocol=s.take("proxy_protocol", parse_bool, d.proxy_protocol),
+        engine=s.take("engine", one_of(*ENGINES), d.engine),
+        threads=s.take("threads", int_in(1, 4096), d.threads),
+        max_handshakes=s.take("max_handshakes", int_in(1, 1_000_000), d.max_handshakes),
+        max_handshakes_per_ip=s.take("max_handshakes_per_ip", int_in(0, 1_000_000),
+                                     d.max_handshakes_per_ip),
     )
+    if cfg.engine == "threads" and cfg.monkey_patch and monkey_patch_given:
+        raise s.error("monkey_patch", "applies to the eventlet engine only; remove it (or "
+                      "set it to false) with server.engine: threads")
     s.finish()
     return cfg
 

@@ -21,7 +21,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable, Optional
@@ -117,7 +117,7 @@ class Connection:
     """
 
     __slots__ = ("access_log", "app", "base", "buf", "closing", "idle", "options",
-                 "peer", "requests", "sock")
+                 "peer", "requests", "sock", "unread_body")
 
     def __init__(self, sock: Any, app: WSGIApp, base: dict, options: ServerConfig,
                  access_log: Optional[AccessLogger], peer: str) -> None:
@@ -131,15 +131,35 @@ class Connection:
         self.idle = True
         self.closing = False
         self.requests = 0
+        # The connection ends while the client may still be sending (an unread body,
+        # a refused head): the engine then closes it lingeringly, so the client reads
+        # our answer instead of a reset.
+        self.unread_body = False
 
     # ------------------------------------------------------------------ the loop
 
     def serve(self) -> None:
-        """Answer requests until the client or the server ends the connection."""
-        try:
+        """Answer requests until the client or the server ends the connection (for
+        engines whose reads block: each wait is a green switch or a blocked thread)."""
+        with self._ending():
             while not self.closing:
-                if not self._serve_one():
+                head = self._read_head()
+                if head is None or not self._serve_one(head):
                     break
+
+    def handle(self, head: bytes) -> bool:
+        """Answer one request whose head an event-driven engine already took from
+        `buf` (`take_head`); False when the connection must end afterwards."""
+        with self._ending():
+            return self._serve_one(head)
+        return False  # reached only when `_ending` swallowed an exception
+
+    @contextlib.contextmanager
+    def _ending(self) -> Iterator[None]:
+        """How a connection ends on errors: a refusal is answered, a vanished or
+        silent client is not."""
+        try:
+            yield
         except Refusal as refusal:
             self._refuse(refusal)
         except _ClientGone:
@@ -149,25 +169,25 @@ class Connection:
         except OSError as exc:  # resets, TLS alerts from the peer
             log.debug("connection ended: client=%s %s", self.peer, exc)
 
-    def _serve_one(self) -> bool:
+    def _serve_one(self, head: bytes) -> bool:
         """One request/response; False when the connection must end afterwards."""
-        head = self._read_head()
-        if head is None:
-            return False
         started = time.monotonic()
         self.idle = False
         self.requests += 1
         try:
             request = _parse_head(head, self.options)
             environ, body = self._environ(request)
-            keep = self._respond(environ, request, body, started)
-            return keep and body.finish()
+            keep = self._respond(environ, request, body, started) and body.finish()
+            if not body.done:
+                self.unread_body = True  # the client may still be sending: linger
+            return keep
         finally:
             self.idle = True
 
     def _refuse(self, refusal: Refusal) -> None:
         refusal_log.info("refused request: client=%s status=%d reason=%s", self.peer,
                          refusal.status, refusal.reason)
+        self.unread_body = True  # whatever the client sent after the refused head
         with contextlib.suppress(OSError):
             self.sock.sendall(_REFUSALS[refusal.status])
 
@@ -180,6 +200,30 @@ class Connection:
         except ConnectionResetError:
             raise _ClientGone() from None
 
+    def take_head(self) -> Optional[bytes]:
+        """The next complete request head in `buf` (consumed, without the blank line),
+        or None while it is incomplete; `Refusal` when the buffered bytes can never
+        become a valid head. RFC 9112 2.2: empty lines before a request line are
+        ignored, however the bytes were segmented."""
+        buf = self.buf
+        if buf[:2] == b"\r\n":
+            while buf[:2] == b"\r\n":
+                buf = buf[2:]
+            self.buf = buf
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            self.buf = buf[end + 4:]
+            return buf[:end + 2]  # keep the last header's CRLF
+        _check_partial_head(buf, self.options)
+        return None
+
+    def idle_timeout(self) -> float:
+        """How long to wait for the first byte of the next request."""
+        options = self.options
+        if self.requests and options.keepalive is not True:
+            return options.keepalive
+        return options.socket_timeout
+
     def _read_head(self) -> Optional[bytes]:
         """The request head (without the blank line), or None on a clean close.
 
@@ -188,22 +232,17 @@ class Connection:
         it trickles (a slowloris client is cut off at the deadline, not per byte).
         """
         options = self.options
-        buf = self.buf
-        idle = options.keepalive if (self.requests and options.keepalive is not True) \
-            else options.socket_timeout
         deadline = None
         while True:
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                self.buf = buf[end + 4:]
-                return buf[:end + 2]  # keep the last header's CRLF
-            _check_partial_head(buf, options)
+            head = self.take_head()
+            if head is not None:
+                return head
             if deadline is None:
-                if buf:
+                if self.buf:
                     deadline = time.monotonic() + options.header_timeout
                     timeout = min(options.socket_timeout, options.header_timeout)
                 else:
-                    timeout = idle
+                    timeout = self.idle_timeout()
             else:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
@@ -218,12 +257,10 @@ class Connection:
                 raise Refusal(408, f"request head not complete in "
                                    f"{options.header_timeout:g}s") from None
             if not data:
-                if buf.strip():
+                if self.buf.strip():
                     raise _ClientGone()
                 return None
-            buf = buf + data if buf else data
-            if deadline is None and buf.strip(b"\r\n") == b"":
-                buf = b""  # RFC 9112 2.2: ignore empty lines before a request line
+            self.buf += data
 
     # ---------------------------------------------------------------- environ
 

@@ -23,7 +23,8 @@ class ProxyHeaderError(ValueError):
     """Missing or malformed PROXY header: the connection is closed."""
 
 
-Address = Optional[tuple]  # (ip, port) of the real client, or None for LOCAL/UNKNOWN
+Address = Optional[tuple]  # (ip, port) of the real client, or None: no IP address given
+# (v1 UNKNOWN; v2 LOCAL, AF_UNSPEC or AF_UNIX), and the connection keeps the proxy's
 
 
 def read_header(sock: Any, deadline: float) -> Address:
@@ -85,7 +86,7 @@ def parse_v2(fixed: bytes, body: bytes) -> Address:
     if version_command >> 4 != 2:
         raise ProxyHeaderError("unsupported PROXY protocol version")
     command = version_command & 0x0F
-    if command == 0x0:  # LOCAL: the proxy's own connection (a health check)
+    if command == 0x0:  # LOCAL: the proxy's own connection (a health check, say)
         return None
     if command != 0x1:
         raise ProxyHeaderError("unknown PROXY v2 command")
@@ -95,7 +96,7 @@ def parse_v2(fixed: bytes, body: bytes) -> Address:
     if family == 0x21 and len(body) >= 36:  # TCP over IPv6
         source, _dest, port, _dport = struct.unpack("!16s16sHH", body[:36])
         return (str(ipaddress.IPv6Address(source)), port)
-    if family == 0x00:  # UNSPEC
+    if family in (0x00, 0x31, 0x32):  # UNSPEC, or UNIX stream/datagram: no IP address
         return None
     raise ProxyHeaderError("unsupported PROXY v2 address family")
 

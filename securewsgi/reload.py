@@ -1,7 +1,7 @@
 """Certificate rotation without a restart: rebuild the TLS context from disk on SIGHUP,
 or when the files' contents change (`tls.reload_interval`).
 
-A context is bound to a connection when the connection is wrapped (FACTS 20), so
+A context is bound to a connection when the connection is wrapped, so
 swapping the context used for *new* connections is the whole trick: connections
 already open keep theirs. New material goes through the same checks as at start-up;
 if it fails them, the old context stays and one error line says why.
@@ -14,6 +14,7 @@ half-way; and a failed version is not retried (nor re-logged) until it changes a
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
@@ -29,13 +30,24 @@ log = logging.getLogger("securewsgi.tls")
 class TLSReloader:
     """The current `ServerTLS` of this process, replaced only by valid material."""
 
-    def __init__(self, tls: TLSConfig, source: Path, current: ServerTLS) -> None:
+    def __init__(self, tls: TLSConfig, source: Path, current: ServerTLS,
+                 announce: bool = True) -> None:
         self._tls = tls
+        # The supervisor keeps a copy for the workers it forks; its workers say the
+        # same things, so it says only what goes wrong.
+        self._announce = announce
         self._source = source
         self.current = current
         self._loaded = self.fingerprint()
         self._candidate: Optional[str] = None
         self._refused: Optional[str] = None
+
+    def for_worker(self) -> TLSReloader:
+        """A copy for a worker forked from the supervisor: same material, same view of
+        the files, and it says what it loads."""
+        worker = copy.copy(self)
+        worker._announce = True
+        return worker
 
     def material(self) -> ServerTLS:
         """The TLS material for a new connection (called per connection: keep it cheap)."""
@@ -54,6 +66,8 @@ class TLSReloader:
         self.current = new
         self._loaded, self._refused, self._candidate = fingerprint, None, None
         cert = new.certificate
+        if not self._announce:
+            return True
         if cert is not None:
             log.info("TLS material reloaded (%s): certificate %s serial %X expires %s "
                      "(%d days)", why, cert.subject, cert.serial,

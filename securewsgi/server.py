@@ -13,10 +13,10 @@ import signal
 import socket
 from typing import Any, Callable, Optional
 
-from . import __version__
+from . import __version__, engines
 from .accesslog import make_writer
 from .appload import load_app
-from .config import Config
+from .config import Config, ServerConfig
 from .errors import ConfigError, StartupError
 from .forwarded import TrustedProxies
 from .listener import bind_listener
@@ -51,21 +51,29 @@ def serve(config: Config) -> int:
     """
     setup_logging(config.logging)
     if config.server.workers == 1:
-        return _run_worker(config, None, forked=False)
+        return _run_worker(config, None, None, forked=False)
     tls = build_server_tls(config.tls, config.source)
     listener = _bind_and_announce(config, tls)
+    # The supervisor keeps the last good TLS material too (reloading as the workers
+    # do), and a worker it forks starts from that copy instead of the files: if the
+    # files on disk are broken right then, a replacement worker still serves.
+    reloader = TLSReloader(config.tls, config.source, tls, announce=False)
+    periodic = []
+    if config.tls.reload_interval > 0 and config.tls.enabled:
+        periodic.append((config.tls.reload_interval, reloader.poll))
     from .supervisor import Supervisor
 
     supervisor = Supervisor(config.server.workers,
-                            lambda: _worker_main(config, listener),
-                            config.server.shutdown_timeout, on_stop=listener.close)
+                            lambda: _worker_main(config, listener, reloader),
+                            config.server.shutdown_timeout, on_stop=listener.close,
+                            on_reload=lambda: reloader.reload("SIGHUP"), periodic=periodic)
     return supervisor.run()
 
 
-def _worker_main(config: Config, listener: socket.socket) -> int:
+def _worker_main(config: Config, listener: socket.socket, reloader: TLSReloader) -> int:
     """A forked worker: report configuration problems as the one-line errors they are."""
     try:
-        return _run_worker(config, listener, forked=True)
+        return _run_worker(config, listener, reloader.for_worker(), forked=True)
     except (ConfigError, StartupError) as exc:
         log.error("%s", exc)
         return exc.exit_code
@@ -94,15 +102,18 @@ class _EarlySignals:
             os.kill(os.getpid(), signum)
 
 
-def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool) -> int:
+def _run_worker(config: Config, listener: Optional[socket.socket],
+                reloader: Optional[TLSReloader], forked: bool) -> int:
     early_signals = _EarlySignals()
-    from . import eventlet_engine as engine  # imported late: only serving needs eventlet
-
-    engine.prepare_process(config.server.monkey_patch, forked=forked)  # before the app
-    tls, app = prepare(config)
+    engine = engines.load(config.server.engine)  # late: only serving needs an engine
+    engine.prepare_process(config.server, forked=forked)  # before the app is imported
+    if reloader is None:
+        tls, app = prepare(config)
+        reloader = TLSReloader(config.tls, config.source, tls)
+    else:
+        app = build_pipeline(load_app(config.app, config.source), config)
     if listener is None:
-        listener = _bind_and_announce(config, tls)
-    reloader = TLSReloader(config.tls, config.source, tls)
+        listener = _bind_and_announce(config, reloader.current)
     access_log = make_writer(config.logging.access_log, config.logging.format,
                              config.server.log_x_forwarded_for)
     every = []
@@ -110,8 +121,14 @@ def _run_worker(config: Config, listener: Optional[socket.socket], forked: bool)
         every.append((config.tls.reload_interval, reloader.poll))
 
     def on_sighup() -> None:
+        # Each part of a SIGHUP on its own: a log file that cannot be reopened must
+        # not keep new certificates from being loaded.
         if access_log is not None:
-            access_log.reopen()  # after logrotate moved the file away
+            try:
+                access_log.reopen()  # after logrotate moved the file away
+            except OSError as exc:
+                log.error("SIGHUP: cannot reopen the access log %s (%s); still writing "
+                          "to the previous file", access_log.target, exc.strerror or exc)
         reloader.reload("SIGHUP")
 
     proxy_from = None
@@ -143,7 +160,8 @@ def summary_lines(config: Config, tls: ServerTLS, port: int) -> list[str]:
     s = config.server
     lines = [
         f"securewsgi {__version__} listening on {url(config, port)} (pid {os.getpid()}, "
-        f"{s.workers} worker(s), max {s.max_connections} connections each)",
+        f"{s.workers} worker(s), engine {_engine_text(s)}, max {s.max_connections} "
+        f"connections each)",
         f"tls: mode={tls.mode} versions={tls.versions} handshake_timeout={s.handshake_timeout:g}s",
     ]
     if tls.certificate is not None:
@@ -166,6 +184,12 @@ def summary_lines(config: Config, tls: ServerTLS, port: int) -> list[str]:
                  f"{identity.remote_user}, {proxies}; authorization: {len(rules)} rule(s), "
                  f"default {config.authorization.default}")
     return lines
+
+
+def _engine_text(server: ServerConfig) -> str:
+    if server.engine == "threads":
+        return f"threads ({server.threads} threads)"
+    return f"eventlet ({'monkey-patched' if server.monkey_patch else 'not monkey-patched'})"
 
 
 def plain_http_warnings(config: Config) -> list[str]:

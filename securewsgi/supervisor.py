@@ -1,9 +1,9 @@
 """`server.workers: N`: N processes share one listening socket; this process watches them.
 
 The supervisor binds nothing and imports no engine: the caller binds the socket once,
-and each worker is forked and then starts its own engine (FACTS 15). The supervisor
-only passes signals on, restarts a worker that dies (with back-off, logged), and
-stops everything on SIGTERM/SIGINT.
+and each worker is forked and then starts its own engine. The supervisor only passes
+signals on, restarts a worker that dies (with back-off, logged), keeps the last good
+TLS material for the workers it forks, and stops everything on SIGTERM/SIGINT.
 
 Signals are taken synchronously with `sigtimedwait` (blocked, not handled), so there is
 no handler racing with the main loop; workers unblock them right after `fork()`.
@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -41,11 +42,16 @@ class Supervisor:
     """Keeps `count` workers running `target()` (which returns the exit code)."""
 
     def __init__(self, count: int, target: Callable[[], int], shutdown_timeout: float,
-                 on_stop: Callable[[], None] = lambda: None) -> None:
+                 on_stop: Callable[[], None] = lambda: None,
+                 on_reload: Callable[[], None] = lambda: None,
+                 periodic: Sequence[tuple[float, Callable[[], None]]] = ()) -> None:
         self.workers = [Worker(slot) for slot in range(1, count + 1)]
         self.target = target
         self.shutdown_timeout = shutdown_timeout
         self.on_stop = on_stop
+        self.on_reload = on_reload
+        self.periodic = [[seconds, time.monotonic() + seconds, task]
+                         for seconds, task in periodic]
         self.stop_deadline: Optional[float] = None
         self.exit_code = 0
 
@@ -60,6 +66,7 @@ class Supervisor:
                 self._on_signal(signal.Signals(info.si_signo))
             self._reap()
             if self.stop_deadline is None:
+                self._run_periodic()
                 self._restart_due()
             elif not self._alive():
                 log.info("all workers stopped")
@@ -109,8 +116,11 @@ class Supervisor:
         if self.stop_deadline is not None:
             log.info("worker %d stopped (%s)", worker.slot, how)
             return
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == CONFIG_ERROR_EXIT:
-            log.error("worker %d refused the configuration; stopping", worker.slot)
+        refused = os.WIFEXITED(status) and os.WEXITSTATUS(status) == CONFIG_ERROR_EXIT
+        if refused and not self._alive():
+            # Nobody serves and the configuration is refused: restarting cannot help.
+            log.error("worker %d refused the configuration and no worker is serving; "
+                      "stopping", worker.slot)
             self.exit_code = CONFIG_ERROR_EXIT
             self._begin_stop()
             return
@@ -118,6 +128,12 @@ class Supervisor:
         worker.backoff = MIN_BACKOFF if lived > STABLE_AFTER else min(
             MAX_BACKOFF, worker.backoff * 2)
         worker.restart_at = time.monotonic() + worker.backoff
+        if refused:
+            # Losing one worker must never stop a service that others still serve.
+            log.error("worker %d refused the configuration (see its error above); "
+                      "retrying in %.1fs while %d worker(s) serve", worker.slot,
+                      worker.backoff, len(self._alive()))
+            return
         log.warning("worker %d died (%s) after %.1fs; restarting in %.1fs", worker.slot,
                     how, lived, worker.backoff)
 
@@ -126,6 +142,21 @@ class Supervisor:
         for worker in self.workers:
             if worker.pid == 0 and worker.restart_at is not None and now >= worker.restart_at:
                 self._spawn(worker)
+
+    def _run_periodic(self) -> None:
+        now = time.monotonic()
+        for entry in self.periodic:
+            seconds, due, task = entry
+            if now >= due:
+                entry[1] = now + seconds
+                self._guarded(task)
+
+    @staticmethod
+    def _guarded(task: Callable[[], None]) -> None:
+        try:
+            task()
+        except Exception:
+            log.exception("supervisor task %s failed", getattr(task, "__qualname__", task))
 
     def _alive(self) -> list:
         return [w for w in self.workers if w.pid]
@@ -136,6 +167,7 @@ class Supervisor:
         if signum == signal.SIGHUP:
             log.info("SIGHUP received: passing it to %d worker(s)", len(self._alive()))
             self._send_all(signal.SIGHUP)
+            self._guarded(self.on_reload)
         elif self.stop_deadline is None:
             log.info("%s received: stopping %d worker(s)", signum.name, len(self._alive()))
             self._begin_stop()

@@ -7,7 +7,9 @@ a deadline; nothing sleeps a fixed time.
 """
 from __future__ import annotations
 
+import configparser
 import datetime
+import io
 import os
 import re
 import signal
@@ -112,20 +114,46 @@ class PKIFiles:
 
 # --------------------------------------------------------------------------- server
 
+ENGINES = ("eventlet", "threads")
+
+
+def with_engine(text: str, suffix: str, engine: str) -> str:
+    """A service file's text with `server.engine` set (unless the file sets it)."""
+    if suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+        data.setdefault("server", {}).setdefault("engine", engine)
+        return yaml.safe_dump(data)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    if not parser.has_section("server"):
+        parser.add_section("server")
+    if not parser.has_option("server", "engine"):
+        parser.set("server", "engine", engine)
+    out = io.StringIO()
+    parser.write(out)
+    return out.getvalue()
+
+
 
 class ServerProcess:
     """`python -m securewsgi --config FILE` in a child process we own (stopped by PID)."""
 
     def __init__(self, directory: Path, config: dict[str, Any], name: str = "service",
                  suffix: str = ".yaml", text: Optional[str] = None,
-                 env: Optional[dict[str, str]] = None) -> None:
+                 env: Optional[dict[str, str]] = None, engine: Optional[str] = None) -> None:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / f"{name}{suffix}"
         if text is None:
             config.setdefault("server", {}).setdefault("port", 0)
             config.setdefault("app", {"factory": "securewsgi.demo:app"})
+            if engine is not None:
+                config["server"].setdefault("engine", engine)
             text = yaml.safe_dump(config)
+        elif engine is not None:
+            text = with_engine(text, suffix, engine)
+        self.engine = engine
         self.config_path.write_text(text)
         self.stdout_path = directory / f"{name}.stdout"
         self.stderr_path = directory / f"{name}.stderr"

@@ -1,32 +1,35 @@
 """The eventlet engine: the one module that imports eventlet.
 
-eventlet is in maintenance mode; keeping every eventlet-specific line here means
-another engine can serve the same `Config` one day by implementing `run()`.
+eventlet is in maintenance mode and being retired; every eventlet-specific line is
+here, and `threads.py` serves the same `Config` without it.
 
 What eventlet provides: green sockets, a pool of greenthreads, timeouts and signals.
 What it no longer provides: `eventlet.wsgi`. Its protocol parses leniently and slowly
-(see http11.py), and its server loop dies on an accept() error (FACTS 10), keeps the
-listener open while draining (FACTS 14) and cannot handshake per connection with a
-deadline (FACTS 5). So the loop is ours and short:
+(see http11.py), and its server loop dies on an accept() error (EMFILE under an fd
+flood), keeps the listener open while draining (new connections hang, then reset) and
+cannot handshake per connection with a deadline (`GreenSSLSocket.accept()` defers the
+handshake to the first read, bounded only per read). So the loop is ours and short:
 
-1. accept on the *plain* listening socket, retrying transient errors;
+1. accept on the *plain* listening socket, retrying transient errors; admit the
+   connection to the budget of unfinished handshakes (`admission.py`), dropping the
+   oldest unfinished one when that budget is full;
 2. per connection, in its own greenthread of a pool of `max_connections`: wrap with
    the current SSLContext and finish the handshake under a total `handshake_timeout`
    (a silent or slow client only costs its own greenthread); failures are one
    rate-limited INFO line with a plain reason;
-3. compute the TLS facts once (`tlsfacts`), then `http11.Connection` serves requests.
+3. compute the TLS facts once (`tlsfacts`), then `http11.Connection` serves requests;
+4. end with a TLS close_notify, lingering while the client may still be sending.
 
-When the pool is full, accept() waits: new connections queue in the kernel backlog and
-nothing already open suffers.
+When the pool is full of established connections, accept() waits: new connections
+queue in the kernel backlog and nothing already open suffers.
 """
 from __future__ import annotations
 
+import _socket
 import errno
 import logging
-import resource
 import signal
 import socket
-import sys
 import time
 import warnings
 from typing import Any, Callable, Optional
@@ -42,22 +45,15 @@ with warnings.catch_warnings():  # eventlet warns about its own deprecation on i
 
 import contextlib
 
-from .config import ServerConfig
-from .http11 import AccessLogger, Connection
-from .logs import RateLimitedLog
-from .proxyprotocol import ProxyHeaderError
-from .proxyprotocol import read_header as read_proxy_header
-from .tls import ServerTLS
-from .tlsfacts import (
-    PROXIED_BY_KEY,
-    connection_environ,
-    handshake_failure_reason,
-    plain_environ,
-)
+from ..config import ServerConfig
+from ..http11 import AccessLogger, Connection
+from ..tls import ServerTLS
+from ..tlsfacts import connection_environ, handshake_failure_reason, plain_environ
+from . import common
+from .admission import HandshakeBudget
+from .common import handshake_log
 
 log = logging.getLogger("securewsgi.server")
-# Refused handshakes are triggered by clients at will: rate-limit their log lines.
-handshake_log = RateLimitedLog(logging.getLogger("securewsgi.handshake"))
 
 TLSGetter = Callable[[], ServerTLS]
 WSGIApp = Callable[..., Any]
@@ -67,19 +63,20 @@ Task = Callable[[], None]
 _TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                      errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN}
 _TICK_SECONDS = 0.5
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 # The real socket class, even after monkey_patch() replaced `socket.socket`.
 _OS_SOCKET = eventlet.patcher.original("socket").socket
+_PLAIN_SSL_SOCKET = GreenSSLSocket.__mro__[1]  # the standard library's ssl.SSLSocket
 
 
-def prepare_process(monkey_patch: bool, forked: bool = False) -> None:
+def prepare_process(config: ServerConfig, forked: bool = False) -> None:
     """Make blocking calls in the user's app cooperative, before the app is imported.
 
-    In a worker forked from the supervisor, start from a fresh hub (FACTS 15).
+    In a worker forked from the supervisor, start from a fresh hub: a hub's state does
+    not survive fork (oslo.service and gunicorn do the same).
     """
     if forked:
         eventlet.hubs.use_hub()
-    if monkey_patch:
+    if config.monkey_patch:
         eventlet.monkey_patch()
 
 
@@ -88,19 +85,18 @@ class _TLSSocket(GreenSSLSocket):
 
     A graceful stop shuts idle connections down so that their reader wakes up.
     `SSLSocket.shutdown` drops the SSL object first, and the waking reader then dies
-    with "Read on closed or unwrapped SSL socket" (FACTS 14); shutting down only the
-    TCP layer makes it see a clean end of stream instead.
+    with "Read on closed or unwrapped SSL socket"; shutting down only the TCP layer
+    makes it see a clean end of stream instead.
     """
 
     def shutdown(self, how: int) -> None:
         _OS_SOCKET.shutdown(self, how)
 
-
-def _address(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = addr[0]
-        return f"[{host}]:{addr[1]}" if ":" in str(host) else f"{host}:{addr[1]}"
-    return str(addr)
+    def unwrap(self) -> Any:
+        """Send close_notify (non-blocking: see common.send_close_notify). eventlet's
+        own unwrap() returns a new GreenSocket for this same descriptor, which closes
+        it when garbage-collected, under our feet."""
+        return _PLAIN_SSL_SOCKET.unwrap(self)
 
 
 class _Server:
@@ -115,20 +111,12 @@ class _Server:
         self.tls = tls
         self.access_log = access_log
         self.proxy_from = proxy_from
-        self.options = config
         self.pool = eventlet.GreenPool(config.max_connections)
         self.connections: set[Connection] = set()
-        host, port = listener.getsockname()[:2]
-        self.base = {
-            "wsgi.version": (1, 0),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": config.workers > 1,
-            "wsgi.run_once": False,
-            "SERVER_NAME": host,
-            "SERVER_PORT": str(port),
-            "GATEWAY_INTERFACE": "CGI/1.1",
-        }
+        self.handshaking: dict[Connection, Any] = {}  # -> its greenthread
+        self.budget = HandshakeBudget(min(config.max_handshakes, config.max_connections),
+                                      config.max_handshakes_per_ip, proxy_from or _nobody)
+        self.base = common.base_environ(listener, config)
         self.accepting = True
         self._warned_accept = False
 
@@ -145,10 +133,29 @@ class _Server:
                     raise
                 self._accept_failed(exc)
                 continue
-            self.pool.spawn_n(self._connection, sock, addr)  # waits while the pool is full
+            conn = Connection(sock, self.app, self.base, self.config, self.access_log,
+                              common.address(addr))
+            admitted, victim = self.budget.admit(conn, str(addr[0]))
+            if not admitted:
+                _close(sock)
+                continue
+            if victim is not None:
+                self._drop(victim)
+            self.handshaking[conn] = None
+            thread = self.pool.spawn(self._connection, conn, addr)  # waits while full
+            if conn in self.handshaking:
+                self.handshaking[conn] = thread
+
+    def _drop(self, conn: Connection) -> None:
+        """End an unfinished handshake that the budget gave up for a newer one."""
+        thread = self.handshaking.pop(conn, None)
+        if thread is not None:
+            thread.kill()  # a started one closes its socket on the way out
+        _close(conn.sock)  # one that never started cannot
 
     def _accept_failed(self, exc: OSError) -> None:
-        """EMFILE and friends: wait a moment instead of ending the server (FACTS 10)."""
+        """EMFILE and friends: wait a moment instead of ending the server (an error
+        from accept() would otherwise end the accept loop, and with it the worker)."""
         if not self._warned_accept:
             self._warned_accept = True
             log.warning("accept() failed (%s); retrying (raise the open-file limit or "
@@ -157,79 +164,69 @@ class _Server:
 
     # ----------------------------------------------------------------- a connection
 
-    def _connection(self, sock: Any, addr: Any) -> None:
-        peer = _address(addr)
-        conn = Connection(sock, self.app, self.base, self.options, self.access_log, peer)
+    def _connection(self, conn: Connection, addr: Any) -> None:
         self.connections.add(conn)
         try:
-            if self.proxy_from is not None and self.proxy_from(str(addr[0])):
-                addr = self._proxied_address(conn, addr)
-                if addr is None:
-                    return
-            base = self._handshake(conn, addr)
+            base = self._start(conn, addr)
             if base is not None and not conn.closing:
                 conn.base = base
                 conn.serve()
+                _end_session(conn)
         finally:
+            self._handshake_over(conn)
             self.connections.discard(conn)
             _close(conn.sock)
 
-    def _proxied_address(self, conn: Connection, addr: Any) -> Any:
-        """The client address a trusted proxy announces in its PROXY header (read
-        before the TLS handshake); None when the header is missing or malformed."""
-        deadline = time.monotonic() + self.config.handshake_timeout
-        try:
-            announced = read_proxy_header(conn.sock, deadline)
-        except (ProxyHeaderError, OSError) as exc:
-            handshake_log.info("PROXY header refused: proxy=%s reason=%s", conn.peer, exc)
-            return None
-        if announced is None:  # LOCAL / UNKNOWN: the proxy's own connection (health check)
-            return addr
-        conn.base = {**self.base, PROXIED_BY_KEY: conn.peer}
-        conn.peer = _address(announced)
-        return announced
+    def _handshake_over(self, conn: Connection) -> None:
+        self.handshaking.pop(conn, None)
+        self.budget.finished(conn)
 
-    def _handshake(self, conn: Connection, addr: Any) -> Optional[dict]:
-        """Wrap and handshake in this greenthread, under a total deadline (FACTS 5)."""
+    def _start(self, conn: Connection, addr: Any) -> Optional[dict]:
+        """PROXY header (from trusted proxies) and TLS handshake: the connection's
+        environ, or None when it must end."""
+        base = self.base
+        if self.proxy_from is not None and self.proxy_from(str(addr[0])):
+            addr, marks = common.read_proxied_address(conn.sock, conn.peer, addr,
+                                                      self.config.handshake_timeout)
+            if addr is None:
+                return None
+            base = {**base, **marks}
+            conn.peer = common.address(addr)
+        facts = self._handshake(conn)
+        self._handshake_over(conn)
+        return None if facts is None else common.client_environ(base, facts, addr)
+
+    def _handshake(self, conn: Connection) -> Optional[dict]:
+        """Wrap and handshake in this greenthread, under a total deadline: per-read
+        timeouts alone would let a client that sends one byte a second hold it forever."""
         conn.sock.settimeout(self.config.socket_timeout)
-        # Each response leaves in one write; never hold it back for an ACK (Nagle).
-        with contextlib.suppress(OSError):
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        common.tune_accepted(conn.sock)
         state = self.tls()
         ctx = state.context
         if ctx is None:
-            facts = plain_environ()
-        else:
-            timeout = self.config.handshake_timeout
-            try:
-                tls = GreenSSLSocket(conn.sock, server_side=True,
-                                     do_handshake_on_connect=False, _context=ctx)
-                tls.__class__ = _TLSSocket
-                conn.sock = tls  # closed by _connection's finally, whatever happens
-                with eventlet.Timeout(timeout):
-                    tls.do_handshake()
-                _quick_ack(tls)
-                facts = connection_environ(tls, state.revoked)
-            except eventlet.Timeout:
-                reason = f"no TLS handshake within {timeout:g}s"
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                reason = handshake_failure_reason(exc)
-            else:
-                reason = ""
-            if reason:
-                handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.peer,
-                                   reason)
-                return None
-        base = dict(conn.base)
-        base.update(facts)
-        base["REMOTE_ADDR"] = str(addr[0]) if isinstance(addr, tuple) else ""
-        base["REMOTE_PORT"] = str(addr[1]) if isinstance(addr, tuple) else ""
-        return base
+            return plain_environ()
+        timeout = self.config.handshake_timeout
+        try:
+            tls = GreenSSLSocket(conn.sock, server_side=True,
+                                 do_handshake_on_connect=False, _context=ctx)
+            tls.__class__ = _TLSSocket
+            conn.sock = tls  # closed by _connection's finally, whatever happens
+            with eventlet.Timeout(timeout):
+                tls.do_handshake()
+            common.quick_ack(tls)
+            return connection_environ(tls, state.revoked)
+        except eventlet.Timeout:
+            reason = f"no TLS handshake within {timeout:g}s"
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = handshake_failure_reason(exc)
+        handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.peer, reason)
+        return None
 
     # ---------------------------------------------------------------------- stopping
 
     def stop_accepting(self) -> None:
-        """Refuse new connections now (FACTS 14), and end the idle ones."""
+        """Refuse new connections now: the listener stays open while draining
+        otherwise, and new connections would hang, then be reset."""
         self.accepting = False
         _close(self.listener)
         for conn in list(self.connections):
@@ -248,13 +245,37 @@ class _Server:
         return False
 
 
-def _quick_ack(sock: Any) -> None:
-    """ACK the client's last handshake flight at once: a client that writes its request
-    right after its Finished (with Nagle on) otherwise waits for our delayed ACK (40 ms)
-    whenever the server has nothing to send in between (no session ticket)."""
-    if _TCP_QUICKACK is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+def _nobody(_address: str) -> bool:
+    return False
+
+
+def _end_session(conn: Connection) -> None:
+    """close_notify, then linger while the client may still be sending."""
+    common.send_close_notify(conn.sock)
+    if not conn.unread_body:
+        return
+    # The OS-level socket: a plain connection's GreenSocket keeps it in `fd`; a TLS
+    # socket derives from it.
+    sock = conn.sock if isinstance(conn.sock, _socket.socket) else conn.sock.fd
+    common.shutdown_write(sock)
+    deadline = time.monotonic() + common.LINGER_TIME
+    received = 0
+    while received < common.LINGER_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            eventlet.hubs.trampoline(sock.fileno(), read=True,
+                                     timeout=min(common.LINGER_TIMEOUT, left),
+                                     timeout_exc=socket.timeout)
+            count = common.discard_some(sock)
+        except BlockingIOError:
+            continue
+        except OSError:  # socket.timeout included: the client went quiet
+            return
+        if count == 0:
+            return
+        received += count
 
 
 def _shutdown(sock: Any) -> None:
@@ -265,19 +286,6 @@ def _shutdown(sock: Any) -> None:
 def _close(sock: Any) -> None:
     with contextlib.suppress(OSError):
         sock.close()
-
-
-def raise_file_limit(needed: int) -> None:
-    """Each connection is a file descriptor: lift the soft limit towards `needed`."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed or soft == resource.RLIM_INFINITY:
-        return
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < needed:
-        log.warning("open-file limit is %d (hard limit), below the %d that "
-                    "server.max_connections needs; raise it (ulimit -n, LimitNOFILE=)",
-                    target, needed)
 
 
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
@@ -295,7 +303,7 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     after the signal handlers are installed. With `proxy_from`, connections from
     addresses it accepts must start with a PROXY protocol header.
     """
-    raise_file_limit(config.max_connections + 64)
+    common.raise_file_limit(config.max_connections + 64)
     server = _Server(listener, app, config, tls, access_log, proxy_from)
     stop = eventlet.event.Event()
     accept_loop = eventlet.spawn(server.accept_forever)
@@ -355,7 +363,8 @@ def _repeat(seconds: float, task: Task) -> None:
 
 
 def _tick(stop: Any) -> None:
-    """Keep the hub waking up so signal handlers run promptly (FACTS 13)."""
+    """Keep the hub waking up so signal handlers run promptly: with no timers it may
+    sleep up to 60 s, and work scheduled from a signal handler would wait as long."""
     while not stop.ready():
         eventlet.sleep(_TICK_SECONDS)
 

@@ -1,0 +1,149 @@
+"""What every engine does the same way around a connection: its environ, the PROXY
+header, the end of a TLS session, and the open-file limit. Engine-neutral: no waiting
+happens here (each engine waits its own way), only calls on sockets that are ready or
+bounded by their own timeouts.
+"""
+from __future__ import annotations
+
+import _socket
+import contextlib
+import logging
+import resource
+import socket
+import sys
+import time
+from typing import Any, Optional
+
+from ..config import ServerConfig
+from ..logs import RateLimitedLog
+from ..proxyprotocol import ProxyHeaderError
+from ..proxyprotocol import read_header as read_proxy_header
+from ..tlsfacts import PROXIED_BY_KEY
+
+log = logging.getLogger("securewsgi.server")
+# Refused handshakes are triggered by clients at will: rate-limit their log lines.
+handshake_log = RateLimitedLog(logging.getLogger("securewsgi.handshake"))
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+# Lingering close, as Apache's lingering_close and nginx's lingering_time /
+# lingering_timeout: after the last response on a connection whose client may still be
+# sending (a body the app did not read), read and discard for at most LINGER_TIME
+# seconds, giving up after LINGER_TIMEOUT seconds without data, or LINGER_BYTES bytes.
+# Closing with unread data makes the kernel send a reset, and the client then reports
+# an error instead of the response it was sent.
+LINGER_TIME = 30.0
+LINGER_TIMEOUT = 5.0
+LINGER_BYTES = 64 * 1024 * 1024
+
+
+def address(addr: Any) -> str:
+    """`host:port`, with brackets around an IPv6 host."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = addr[0]
+        return f"[{host}]:{addr[1]}" if ":" in str(host) else f"{host}:{addr[1]}"
+    return str(addr)
+
+
+def base_environ(listener: socket.socket, config: ServerConfig) -> dict[str, Any]:
+    """The environ keys that are the same for every request of this worker."""
+    host, port = listener.getsockname()[:2]
+    return {
+        "wsgi.version": (1, 0),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": config.workers > 1,
+        "wsgi.run_once": False,
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "GATEWAY_INTERFACE": "CGI/1.1",
+    }
+
+
+def client_environ(base: dict[str, Any], facts: dict[str, Any], addr: Any) -> dict[str, Any]:
+    """`base` plus the TLS facts of this connection and the client address."""
+    env = dict(base)
+    env.update(facts)
+    env["REMOTE_ADDR"] = str(addr[0]) if isinstance(addr, tuple) else ""
+    env["REMOTE_PORT"] = str(addr[1]) if isinstance(addr, tuple) else ""
+    return env
+
+
+def read_proxied_address(sock: Any, peer: str, addr: Any, timeout: float
+                         ) -> tuple[Optional[Any], dict[str, Any]]:
+    """(client address, environ additions) from the PROXY header a trusted proxy sends
+    before the TLS handshake; (None, {}) when it is missing or malformed.
+
+    Every connection that came through the PROXY protocol is marked with
+    `PROXIED_BY_KEY`, including headers without an address (v1 `UNKNOWN`, v2 `LOCAL`
+    or `AF_UNSPEC`): HAProxy sends those for unix-socket front ends and non-IP
+    families too, not only for its health checks, so the TLS peer on such a
+    connection is a client like any other, and nothing it writes in a header may
+    vouch for another identity. Without an address, REMOTE_ADDR stays the proxy's.
+    """
+    try:
+        announced = read_proxy_header(sock, time.monotonic() + timeout)
+    except (ProxyHeaderError, OSError) as exc:
+        handshake_log.info("PROXY header refused: proxy=%s reason=%s", peer, exc)
+        return None, {}
+    return (addr if announced is None else announced), {PROXIED_BY_KEY: peer}
+
+
+def tune_accepted(sock: Any) -> None:
+    """Each response leaves in one write; never hold it back for an ACK (Nagle)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def quick_ack(sock: Any) -> None:
+    """ACK the client's last handshake flight at once: a client that writes its request
+    right after its Finished (with Nagle on) otherwise waits for our delayed ACK (40 ms)
+    whenever the server has nothing to send in between (no session ticket)."""
+    if _TCP_QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
+
+def send_close_notify(sock: Any) -> None:
+    """End the TLS session with a close_notify alert, without waiting for the peer's.
+
+    RFC 8446 6.1: each party must send close_notify before closing its write side;
+    without it clients report a truncation attack or "unexpected EOF" (OpenSSL 3), and
+    `ab` counts every such response as failed. On a non-blocking socket `unwrap()`
+    sends ours and then stops where it would wait for the peer's; anything going wrong
+    here only means the peer is already gone.
+    """
+    if not hasattr(sock, "unwrap"):
+        return
+    try:
+        sock.setblocking(False)
+        sock.unwrap()
+    except (OSError, ValueError):
+        pass
+
+
+def discard_some(sock: _socket.socket) -> int:
+    """Read and drop what the kernel holds for `sock` (at most 64 KiB), below any TLS
+    or green wrapper (`sock` is, or derives from, the OS-level socket type): the
+    session is over, and lingering only keeps the client from a reset. The count of
+    bytes, 0 at end of stream; `BlockingIOError` when nothing is there yet."""
+    return len(_socket.socket.recv(sock, 65536))
+
+
+def shutdown_write(sock: _socket.socket) -> None:
+    """Half-close TCP (FIN after our last bytes) while we keep reading."""
+    with contextlib.suppress(OSError):
+        _socket.socket.shutdown(sock, socket.SHUT_WR)
+
+
+def raise_file_limit(needed: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit towards `needed`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning("open-file limit is %d (hard limit), below the %d that "
+                    "server.max_connections needs; raise it (ulimit -n, LimitNOFILE=)",
+                    target, needed)

@@ -1,0 +1,575 @@
+"""The threads engine: OS threads and epoll, no eventlet and no monkey-patching.
+
+For services leaving eventlet (`server.engine: threads`). The app runs in a bounded pool
+of `server.threads` threads, so blocking I/O in it (database drivers, `requests`)
+simply blocks its own thread. A connection holds a thread only while it has work:
+
+* every connection waits in one epoll set, armed one-shot: when it becomes readable
+  (or writable), exactly one thread of the pool is woken for it, takes it, works
+  until the work would block, then re-arms it. There is no hand-off between a
+  selector thread and the pool: the thread that sees the event does the work (the
+  leader/follower pattern), which saves two thread switches per request;
+* TLS handshakes run non-blocking, step by step, so a silent or slow client costs a
+  file descriptor, not a thread; so does a request head that trickles in, and a
+  keep-alive connection waiting for its next request;
+* once a whole request head is in, the thread serves that request with blocking,
+  time-limited reads and writes (`http11.Connection.handle`), as the app expects;
+* deadlines (handshake, request head, idle keep-alive, lingering close) are checked
+  by the main thread, which also owns signals and periodic tasks.
+
+A connection is owned by at most one thread at a time (`_Conn.busy`, under its lock);
+the main thread ends only connections nobody owns. Admission of unfinished handshakes
+is shared with the eventlet engine (`admission.py`).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import select
+import signal
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from ..config import ServerConfig
+from ..http11 import AccessLogger, Connection, Refusal
+from ..tls import ServerTLS
+from ..tlsfacts import connection_environ, handshake_failure_reason, plain_environ
+from . import common
+from .admission import HandshakeBudget
+from .common import handshake_log
+
+log = logging.getLogger("securewsgi.server")
+
+TLSGetter = Callable[[], ServerTLS]
+WSGIApp = Callable[..., Any]
+Task = Callable[[], None]
+
+_TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                     errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+_ACCEPT_BATCH = 64  # connections accepted per wake-up before others get a turn
+_POLL_SECONDS = 0.5  # how often an idle pool thread looks at the stop flag
+_IN = select.EPOLLIN | select.EPOLLONESHOT | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT | select.EPOLLONESHOT
+
+# What a connection is waiting for.
+PROXY, HANDSHAKE, HEAD, LINGER = "proxy", "handshake", "head", "linger"
+
+
+def prepare_process(config: ServerConfig, forked: bool = False) -> None:
+    """Nothing to prepare: no event loop to renew after fork, nothing to patch."""
+
+
+class _Conn:
+    """One connection and what it waits for."""
+
+    __slots__ = ("addr", "busy", "closed", "deadline", "doomed", "fd", "http",
+                 "lingered", "lock", "phase", "revoked", "sock", "started")
+
+    def __init__(self, sock: socket.socket, addr: Any, http: Connection) -> None:
+        self.sock: Any = sock
+        self.fd = sock.fileno()
+        self.addr = addr
+        self.http = http
+        self.phase = PROXY
+        self.lock = threading.Lock()
+        self.busy = False
+        self.closed = False
+        self.doomed = False  # dropped by the handshake budget while a thread had it
+        self.deadline = 0.0
+        self.revoked: frozenset = frozenset()
+        self.started = 0.0  # when the current request head began to arrive
+        self.lingered = 0
+
+
+class _Server:
+    """The epoll set, the connections in it, and the pool threads working on them."""
+
+    def __init__(self, listener: socket.socket, app: WSGIApp, config: ServerConfig,
+                 tls: TLSGetter, access_log: Optional[AccessLogger],
+                 proxy_from: Optional[Callable[[str], bool]]) -> None:
+        self.listener = listener
+        self.listener.setblocking(False)
+        self.app = app
+        self.config = config
+        self.tls = tls
+        self.access_log = access_log
+        self.proxy_from = proxy_from
+        self.base = common.base_environ(listener, config)
+        self.budget = HandshakeBudget(min(config.max_handshakes, config.max_connections),
+                                      config.max_handshakes_per_ip, proxy_from or _nobody)
+        self.epoll = select.epoll()
+        self.conns: dict[int, _Conn] = {}
+        self.accepting = True
+        self.stopped = False
+        self.listener_fd = listener.fileno()
+        self.epoll.register(self.listener_fd, select.EPOLLIN | select.EPOLLONESHOT)
+        self._warned_accept = False
+        self._warned_full = False
+        self.threads = [threading.Thread(target=self._work, name=f"securewsgi-{n}",
+                                         daemon=True) for n in range(config.threads)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    # ------------------------------------------------------------ the pool's loop
+
+    def _work(self) -> None:
+        poll = self.epoll.poll
+        while not self.stopped:
+            try:
+                events = poll(_POLL_SECONDS, 1)
+            except OSError:  # the epoll set was closed at the very end
+                return
+            for fd, _mask in events:
+                try:
+                    if fd == self.listener_fd:
+                        self._accept_some()
+                    else:
+                        self._on_event(fd)
+                except Exception:  # never lose a pool thread
+                    log.exception("unexpected error in the threads engine")
+
+    def _on_event(self, fd: int) -> None:
+        conn = self.conns.get(fd)
+        if conn is None:
+            return  # an event for a connection that ended meanwhile
+        with conn.lock:
+            if conn.busy or conn.closed:
+                return  # a stale event: the owner re-arms when it is done
+            conn.busy = True
+        self._advance(conn)
+
+    def _release(self, conn: _Conn, events: int = 0) -> None:
+        """Give up ownership; with `events`, wait for them (re-armed after release,
+        so the next event always finds the connection free)."""
+        with conn.lock:
+            conn.busy = False
+            doomed = conn.doomed
+        if doomed:
+            self._take_and_close(conn)
+            return
+        if events:
+            with contextlib.suppress(OSError, ValueError):  # ended by the main thread
+                self.epoll.modify(conn.fd, events)
+
+    # ------------------------------------------------------------------ accepting
+
+    def _accept_some(self) -> None:
+        try:
+            for _ in range(_ACCEPT_BATCH):
+                if len(self.conns) >= self.config.max_connections:
+                    self._pool_full()
+                    return  # re-armed by the main thread once there is room
+                try:
+                    sock, addr = self.listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno not in _TRANSIENT_ACCEPT:
+                        raise
+                    self._accept_failed(exc)
+                    break
+                self._admit(sock, addr)
+        finally:
+            if self.accepting and len(self.conns) < self.config.max_connections:
+                with contextlib.suppress(OSError, ValueError):
+                    self.epoll.modify(self.listener_fd, select.EPOLLIN | select.EPOLLONESHOT)
+
+    def _pool_full(self) -> None:
+        if not self._warned_full:
+            self._warned_full = True
+            log.warning("server.max_connections (%d) reached: new connections wait in "
+                        "the listen backlog", self.config.max_connections)
+
+    def rearm_listener(self) -> None:
+        """Called by the main thread: accept again once connections ended."""
+        if self.accepting and len(self.conns) < self.config.max_connections:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.modify(self.listener_fd, select.EPOLLIN | select.EPOLLONESHOT)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """EMFILE and friends: wait a moment instead of ending the server."""
+        if not self._warned_accept:
+            self._warned_accept = True
+            log.warning("accept() failed (%s); retrying (raise the open-file limit or "
+                        "lower server.max_connections)", errno.errorcode.get(exc.errno))
+        time.sleep(0.05)
+
+    def _admit(self, sock: socket.socket, addr: Any) -> None:
+        sock.setblocking(False)
+        http = Connection(sock, self.app, self.base, self.config, self.access_log,
+                          common.address(addr))
+        conn = _Conn(sock, addr, http)
+        admitted, victim = self.budget.admit(conn, str(addr[0]))
+        if not admitted:
+            _close(sock)
+            return
+        if victim is not None:
+            self._drop(victim)
+        common.tune_accepted(sock)
+        conn.busy = True
+        self.conns[conn.fd] = conn
+        try:
+            self.epoll.register(conn.fd, 0)
+        except OSError:
+            self._close(conn)
+            return
+        conn.deadline = time.monotonic() + self.config.handshake_timeout
+        if self.proxy_from is not None and self.proxy_from(str(addr[0])):
+            self._release(conn, _IN)  # the header is read once it arrives
+        else:
+            self._start_tls(conn)
+            self._advance(conn)
+
+    def _drop(self, victim: _Conn) -> None:
+        """End an unfinished handshake that the budget gave up for a newer one."""
+        with victim.lock:
+            if victim.busy:
+                victim.doomed = True  # its owner closes it on release
+                return
+        self._take_and_close(victim)
+
+    # ----------------------------------------------------------- one connection
+
+    def _advance(self, conn: _Conn) -> None:
+        """Work on an owned connection until it must wait or end."""
+        try:
+            if conn.phase == PROXY:
+                self._read_proxy_header(conn)
+            if conn.phase == HANDSHAKE and not self._handshake_step(conn):
+                return
+            if conn.phase == HEAD:
+                self._serve(conn)
+            elif conn.phase == LINGER:
+                self._linger(conn)
+        except _Ended:
+            pass
+        except Exception:
+            log.exception("unexpected error on connection %s", conn.http.peer)
+            self._close(conn)
+
+    def _read_proxy_header(self, conn: _Conn) -> None:
+        """A trusted proxy's PROXY header: it arrives with the connection, so reading
+        it blocking (under the handshake deadline) costs a thread only briefly."""
+        sock = conn.sock
+        addr, marks = common.read_proxied_address(
+            sock, conn.http.peer, conn.addr, max(0.0, conn.deadline - time.monotonic()))
+        if addr is None:
+            self._close(conn)
+            raise _Ended()
+        sock.setblocking(False)
+        conn.addr = addr
+        conn.http.base = {**self.base, **marks}
+        conn.http.peer = common.address(addr)
+        self._start_tls(conn)
+
+    def _start_tls(self, conn: _Conn) -> None:
+        state = self.tls()
+        if state.context is None:
+            self._handshake_done(conn, plain_environ())
+            return
+        conn.sock = state.context.wrap_socket(conn.sock, server_side=True,
+                                              do_handshake_on_connect=False)
+        conn.http.sock = conn.sock
+        conn.revoked = state.revoked
+        conn.phase = HANDSHAKE
+
+    def _handshake_step(self, conn: _Conn) -> bool:
+        """One non-blocking step; True when the handshake is complete."""
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._release(conn, _IN)
+            return False
+        except ssl.SSLWantWriteError:
+            self._release(conn, _OUT)
+            return False
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self._handshake_failed(conn, handshake_failure_reason(exc))
+            return False
+        try:
+            facts = connection_environ(conn.sock, conn.revoked)
+        except ValueError as exc:  # a resumed session whose certificate is no longer good
+            self._handshake_failed(conn, str(exc))
+            return False
+        common.quick_ack(conn.sock)
+        self._handshake_done(conn, facts)
+        return True
+
+    def _handshake_done(self, conn: _Conn, facts: dict) -> None:
+        self.budget.finished(conn)
+        conn.http.base = common.client_environ(conn.http.base, facts, conn.addr)
+        conn.phase = HEAD
+        conn.deadline = time.monotonic() + conn.http.idle_timeout()
+
+    def _handshake_failed(self, conn: _Conn, reason: str) -> None:
+        handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.http.peer,
+                           reason)
+        self._close(conn)
+
+    def _serve(self, conn: _Conn) -> None:
+        """Read what arrived; answer every complete request; then wait again."""
+        http = conn.http
+        while True:
+            try:
+                head = http.take_head()
+            except Refusal as refusal:
+                self._end(conn, refusal)
+                return
+            if head is None:
+                if http.closing:
+                    self._end(conn)
+                    return
+                received = self._receive(conn)
+                if received is None:
+                    return  # waiting again, or ended
+                continue
+            conn.sock.settimeout(self.config.socket_timeout)
+            keep = http.handle(head)
+            conn.sock.setblocking(False)
+            if not keep or http.closing:
+                self._end(conn)
+                return
+            conn.started = 0.0
+
+    def _receive(self, conn: _Conn) -> Optional[int]:
+        """Non-blocking read into the connection's buffer; None after re-arming (no
+        data yet) or ending (end of stream, error)."""
+        http = conn.http
+        try:
+            data = conn.sock.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            self._wait_for_head(conn)
+            return None
+        except ssl.SSLWantWriteError:
+            self._release(conn, _OUT)
+            return None
+        except OSError:  # reset, TLS alert, closed
+            self._close(conn)
+            return None
+        if not data:
+            self._close(conn, notify=True)
+            return None
+        if not http.buf:
+            conn.started = time.monotonic()
+        http.buf += data
+        return len(data)
+
+    def _wait_for_head(self, conn: _Conn) -> None:
+        http = conn.http
+        now = time.monotonic()
+        if http.buf.strip(b"\r\n"):
+            if not conn.started:
+                conn.started = now
+            conn.deadline = conn.started + self.config.header_timeout
+        else:
+            conn.deadline = now + http.idle_timeout()
+        self._release(conn, _IN)
+
+    def _end(self, conn: _Conn, refusal: Optional[Refusal] = None) -> None:
+        """The last response is out: refuse if asked, say close_notify, and linger
+        while the client may still be sending."""
+        http = conn.http
+        if refusal is not None:
+            conn.sock.settimeout(self.config.socket_timeout)
+            http._refuse(refusal)
+        common.send_close_notify(conn.sock)
+        if not http.unread_body:
+            self._close(conn)
+            return
+        common.shutdown_write(conn.sock)
+        conn.phase = LINGER
+        conn.deadline = time.monotonic() + common.LINGER_TIMEOUT
+        conn.started = time.monotonic()
+        self._linger(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        now = time.monotonic()
+        while conn.lingered < common.LINGER_BYTES:
+            if now - conn.started > common.LINGER_TIME:
+                break
+            try:
+                count = common.discard_some(conn.sock)
+            except BlockingIOError:
+                conn.deadline = min(now + common.LINGER_TIMEOUT,
+                                    conn.started + common.LINGER_TIME)
+                self._release(conn, _IN)
+                return
+            except OSError:
+                break
+            if count == 0:
+                break
+            conn.lingered += count
+        self._close(conn)
+
+    # ----------------------------------------------------------------- ending
+
+    def _close(self, conn: _Conn, notify: bool = False) -> None:
+        """End an owned connection."""
+        if notify:
+            common.send_close_notify(conn.sock)
+        with conn.lock:
+            conn.closed = True
+        self.budget.finished(conn)
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(conn.fd)
+        _close(conn.sock)
+
+    def _take_and_close(self, conn: _Conn) -> bool:
+        """End a connection nobody owns (from the main thread or the budget)."""
+        with conn.lock:
+            if conn.busy or conn.closed:
+                return False
+            conn.busy = True
+        self._close(conn)
+        return True
+
+    def expire(self) -> None:
+        """Main thread: end connections whose deadline passed and nobody owns."""
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if conn.deadline > now or conn.busy:
+                continue
+            with conn.lock:
+                if conn.busy or conn.closed:
+                    continue
+                conn.busy = True
+            self._timed_out(conn)
+
+    def _timed_out(self, conn: _Conn) -> None:
+        if conn.phase in (PROXY, HANDSHAKE):
+            reason = f"no TLS handshake within {self.config.handshake_timeout:g}s"
+            if conn.phase == PROXY:
+                handshake_log.info("PROXY header refused: proxy=%s reason=%s",
+                                   conn.http.peer, "PROXY header not received in time")
+            else:
+                handshake_log.info("TLS handshake failed: client=%s reason=%s",
+                                   conn.http.peer, reason)
+            self._close(conn)
+        elif conn.phase == HEAD and conn.http.buf.strip(b"\r\n"):
+            conn.sock.settimeout(1.0)  # the 408 is small: never wait long for it
+            self._end(conn, Refusal(408, f"request head not complete in "
+                                         f"{self.config.header_timeout:g}s"))
+        elif conn.phase == HEAD:
+            log.debug("connection idle too long: client=%s", conn.http.peer)
+            self._close(conn, notify=True)
+        else:
+            self._close(conn)
+
+    # ---------------------------------------------------------------- stopping
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections now, and end the connections that wait."""
+        self.accepting = False
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(self.listener_fd)
+        _close(self.listener)
+        for conn in list(self.conns.values()):
+            conn.http.closing = True  # an answer in progress is the last one
+            self._take_and_close(conn)
+
+    def in_flight(self) -> int:
+        return sum(1 for conn in self.conns.values() if not conn.http.idle)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait for in-flight requests to finish; False when `timeout` ran out."""
+        deadline = time.monotonic() + timeout
+        while self.conns:
+            if time.monotonic() > deadline:
+                return False
+            for conn in list(self.conns.values()):
+                self._take_and_close(conn)  # those whose last answer is out
+            time.sleep(0.02)
+        return True
+
+    def close(self) -> None:
+        self.stopped = True
+        for thread in self.threads:
+            thread.join(_POLL_SECONDS * 2)
+        self.epoll.close()
+
+
+class _Ended(Exception):
+    """The connection was closed while advancing it."""
+
+
+def _nobody(_address: str) -> bool:
+    return False
+
+
+def _close(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
+        tls: TLSGetter, *, access_log: Optional[AccessLogger] = None,
+        proxy_from: Optional[Callable[[str], bool]] = None,
+        on_signal: Optional[dict[int, Task]] = None,
+        every: Optional[list[tuple[float, Task]]] = None,
+        at_start: Optional[list[Task]] = None) -> int:
+    """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code.
+
+    Same contract as the eventlet engine's `run`: `tls` is asked for the material at
+    each new connection, `on_signal` tasks and `every` (seconds, task) pairs run in
+    the main thread, `at_start` once after the signal handlers are installed.
+    """
+    common.raise_file_limit(config.max_connections + 64)
+    server = _Server(listener, app, config, tls, access_log, proxy_from)
+    stop = threading.Event()
+    why: list[str] = []
+    pending: list[Task] = []
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        if not why:
+            why.append(signal.Signals(signum).name)
+        stop.set()
+
+    def on_task(signum: int, _frame: Any) -> None:
+        pending.append((on_signal or {})[signum])
+        stop.set()  # wake the main loop; it runs the task, not the handler
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_stop)
+    for signum in on_signal or {}:
+        signal.signal(signum, on_task)
+    server.start()
+    for task in at_start or []:
+        _run_task(task)
+    timers = [[seconds, time.monotonic() + seconds, task]
+              for seconds, task in [(5.0, handshake_log.flush), *(every or [])]]
+    while not why:
+        stop.wait(0.1 if len(server.conns) < 2000 else 0.5)
+        stop.clear()
+        while pending:
+            _run_task(pending.pop(0))
+        server.expire()
+        server.rearm_listener()
+        now = time.monotonic()
+        for timer in timers:
+            if now >= timer[1]:
+                timer[1] = now + timer[0]
+                _run_task(timer[2])
+    log.info("%s received: no new connections; waiting up to %gs for %d in-flight "
+             "request(s)", why[0], config.shutdown_timeout, server.in_flight())
+    server.stop_accepting()
+    if not server.drain(config.shutdown_timeout):
+        log.warning("shutdown_timeout (%gs) reached: cutting %d in-flight request(s)",
+                    config.shutdown_timeout, server.in_flight())
+    server.close()
+    log.info("stopped")
+    return 0
+
+
+def _run_task(task: Task) -> None:
+    try:
+        task()
+    except Exception:
+        log.exception("background task %s failed", getattr(task, "__qualname__", task))
