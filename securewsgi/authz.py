@@ -17,6 +17,16 @@ Pattern language of an allow entry value:
   and ``ABC`` are the same serial); ``fingerprint_sha256``: 64 hex digits, colons and
   case ignored. Both also accept ``re:`` (against ``ABC`` / lowercase hex), no globs.
 * ``san_dns`` ignores case (globs and ``re:``); every other field is case-sensitive.
+
+A ``san_uri`` **glob** (``*`` or ``**``) never matches a URI that a consumer could
+resolve to another path: one with a ``.`` or ``..`` path segment, a percent-encoded
+``.``, ``/`` or ``\\`` (``%2e``, ``%2f``, ``%5c``, any case) or a literal ``\\``, anywhere
+in the value. Otherwise ``spiffe://example.org/ns/ops/*`` would admit
+``spiffe://example.org/ns/ops/..`` or ``.../ops/%2e%2e%2fadmin``, which a service that
+normalises the URI reads as ``spiffe://example.org/ns/admin``; SPIFFE IDs may not
+contain any of these at all. The check covers the whole value, not just the part a
+wildcard matched, so no pattern shape can reopen it. An exact pattern (no ``*``) and a
+``re:`` pattern are taken literally: they match such a URI only when written for it.
 """
 from __future__ import annotations
 
@@ -105,6 +115,18 @@ def normalise_fingerprint(text: str) -> str:
     return value
 
 
+# In a URI: a "." or ".." path segment, an encoded dot, slash or backslash, or a literal
+# backslash (which WHATWG URL parsers treat as a slash).
+_AMBIGUOUS_URI = re.compile(r"%(?:2[eEfF]|5[cC])|\\|(?:^|/)\.\.?(?=$|[/?#])")
+
+
+def _unambiguous_uri_glob(glob: Callable[[str], object]) -> Callable[[str], bool]:
+    """`glob`, refusing URIs whose path a consumer could resolve differently."""
+    def matches(value: str) -> bool:
+        return _AMBIGUOUS_URI.search(value) is None and glob(value) is not None
+    return matches
+
+
 def compile_pattern(field: str, pattern: str) -> Callable[[str], bool]:
     """A predicate on one field value; ValueError (or re.error) for a bad pattern."""
     ignore_case = field == "san_dns"
@@ -122,7 +144,10 @@ def compile_pattern(field: str, pattern: str) -> Callable[[str], bool]:
             folded = pattern.casefold()
             return lambda value: value.casefold() == folded
         return pattern.__eq__
-    return compile_glob(pattern, FIELD_SEPARATORS[field], ignore_case).fullmatch  # type: ignore
+    glob = compile_glob(pattern, FIELD_SEPARATORS[field], ignore_case).fullmatch
+    if field == "san_uri":
+        return _unambiguous_uri_glob(glob)
+    return glob  # type: ignore[return-value]
 
 
 def _field_matcher(field: str, test: Callable[[str], bool]) -> Matcher:

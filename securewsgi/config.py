@@ -142,6 +142,13 @@ class IdentityConfig:
     # A forwarded certificate is trusted only from a proxy whose own (mutual TLS)
     # certificate matches one of these entries, when any are given.
     trusted_proxy_identities: tuple[AllowEntry, ...] = ()
+    # Remove identity-looking request headers (X-SSL-Client-*, Remote-User, ...) unless
+    # a trusted proxy sent them: an app written for a front end that sets them must not
+    # believe a client that talks to us directly.
+    strip_identity_headers: bool = True
+    # "server" (the hosting server's verified certificate) is for IdentityMiddleware
+    # under another server; a service file accepts only "none" (see _read_identity).
+    client_cert_from: str = "none"
 
 
 @dataclass(frozen=True)
@@ -700,7 +707,18 @@ def _read_identity(source: Path, raw: Any) -> IdentityConfig:
         trusted_proxy_identities=_allow_entries(
             source, "identity.trusted_proxy_identities",
             s.take("trusted_proxy_identities", lambda v: v, None)),
+        strip_identity_headers=s.take("strip_identity_headers", parse_bool,
+                                      d.strip_identity_headers),
+        client_cert_from=s.take("client_cert_from", one_of("none", "server"),
+                                d.client_cert_from),
     )
+    if cfg.client_cert_from == "server":
+        # securewsgi-run does the TLS handshake itself: there is no hosting server
+        # whose SSL_CLIENT_CERT could be the identity, only what a request carries.
+        raise s.error("client_cert_from", "'server' is only for the Paste filter or "
+                      "IdentityMiddleware under another server (Apache mod_wsgi, uWSGI "
+                      "behind nginx); securewsgi-run verifies client certificates itself "
+                      "(tls.mode optional or mutual): remove it or set it to none")
     s.finish()
     return cfg
 

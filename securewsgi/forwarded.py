@@ -17,6 +17,11 @@ Two header formats are understood:
 
 An empty header value means "no client certificate" (anonymous). Anything else that
 cannot be read raises `ForwardedCertError` (the middleware answers 400).
+
+`ServerCertReader` reads the other hand-over: not a header but the environ key
+``SSL_CLIENT_CERT`` that the server hosting the middleware (Apache mod_ssl with
+``+ExportCertData``, nginx via ``uwsgi_param SSL_CLIENT_CERT $ssl_client_escaped_cert``)
+sets after verifying the client itself.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ __all__ = [
     "XFCC_HEADER",
     "ForwardedCertError",
     "ForwardedCertReader",
+    "ServerCertError",
+    "ServerCertReader",
     "TrustedProxies",
     "environ_key",
     "parse_xfcc",
@@ -227,6 +234,77 @@ class ForwardedCertReader:
         ):
             raise ForwardedCertError("XFCC Hash does not match the forwarded certificate")
         return peer
+
+    def cache_info(self) -> dict[str, int]:
+        info = self._cached.cache_info()
+        return {"hits": info.hits, "misses": info.misses, "size": info.currsize}
+
+
+# --------------------------------------------------------- the hosting server's certificate
+
+_MISSING_SERVER_CERT = (
+    "SSL_CLIENT_VERIFY is SUCCESS but SSL_CLIENT_CERT is missing: export it (Apache: "
+    "SSLOptions +StdEnvVars +ExportCertData; nginx: uwsgi_param SSL_CLIENT_CERT "
+    "$ssl_client_escaped_cert)")
+
+
+class ServerCertError(ValueError):
+    """The hosting server verified a client but its ``SSL_CLIENT_CERT`` is unusable: a
+    server misconfiguration (the middleware answers 400 and logs why)."""
+
+
+def _server_pem(value: str) -> bytes:
+    """One PEM certificate from ``SSL_CLIENT_CERT``: plain PEM (mod_ssl, nginx's
+    ``$ssl_client_raw_cert``), URL-escaped PEM (``$ssl_client_escaped_cert``) or PEM
+    with tab-indented lines (``$ssl_client_cert``)."""
+    text = value.strip()
+    if "%" in text:  # base64 and the PEM armour never hold "%": this is URL-escaped
+        try:
+            text = urllib.parse.unquote(text, errors="strict").strip()
+        except UnicodeDecodeError:
+            raise ServerCertError("SSL_CLIENT_CERT is not URL-escaped text") from None
+    if not text.isascii():
+        raise ServerCertError("SSL_CLIENT_CERT is not ASCII PEM")
+    if not (text.startswith(_PEM_BEGIN) and text.endswith(_PEM_END)
+            and text.count("-----BEGIN") == 1):
+        raise ServerCertError("SSL_CLIENT_CERT is not one PEM certificate "
+                              "(plain or URL-escaped)")
+    return text.encode("ascii")
+
+
+class ServerCertReader:
+    """Turns the hosting server's ``SSL_CLIENT_CERT`` into a `PeerIdentity` (source
+    "server").
+
+    The caller checks ``SSL_CLIENT_VERIFY == "SUCCESS"`` first: the value is trusted
+    because the hosting server verified it, and no request header can set an environ
+    key without the ``HTTP_`` prefix. Outcomes are cached per value, failures too: a
+    misconfigured server sends the same unusable value on every request.
+    """
+
+    def __init__(self, cache_size: int = 256) -> None:
+        self._cached = functools.lru_cache(maxsize=cache_size)(self._read)
+
+    def peer(self, value: object) -> PeerIdentity:
+        """The verified peer; `ServerCertError` when the value cannot be used."""
+        if not isinstance(value, str) or not value.strip():
+            raise ServerCertError(_MISSING_SERVER_CERT)
+        if len(value) > MAX_HEADER_LENGTH:
+            raise ServerCertError("SSL_CLIENT_CERT is too long")
+        result = self._cached(value)
+        if isinstance(result, str):  # the cached reason (a fresh exception each time:
+            raise ServerCertError(result)  # re-raising one instance grows its traceback)
+        return result
+
+    @staticmethod
+    def _read(value: str) -> Union[PeerIdentity, str]:
+        """The peer, or the reason it cannot be read."""
+        try:
+            return PeerIdentity.from_pem(_server_pem(value), source="server")
+        except ServerCertError as exc:
+            return str(exc)
+        except (CertificateParseError, ValueError) as exc:
+            return f"SSL_CLIENT_CERT cannot be read: {exc}"
 
     def cache_info(self) -> dict[str, int]:
         info = self._cached.cache_info()

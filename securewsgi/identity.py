@@ -38,12 +38,19 @@ Attributes = tuple[tuple[str, str], ...]
 
 
 class CertificateParseError(ValueError):
-    """The bytes are not a certificate (only possible for forwarded headers)."""
+    """The bytes are not a certificate (only possible for certificates handed over as
+    text: a forwarded header, or the hosting server's ``SSL_CLIENT_CERT``)."""
 
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    """The caller's certificate. `source` is "tls" (our handshake) or "proxy" (a header)."""
+    """The caller's certificate.
+
+    `source` says who verified it: "tls" (our own handshake), "proxy" (a trusted proxy,
+    in a forwarded header) or "server" (the server hosting the middleware, e.g. Apache
+    mod_ssl, in ``environ["SSL_CLIENT_CERT"]``). `common_name` is the first CN in the
+    certificate's DER order, as mod_ssl's ``SSL_CLIENT_S_DN_CN``.
+    """
 
     subject: str
     issuer: str
@@ -124,18 +131,26 @@ class PeerIdentity:
 
 
 def _attributes(name: x509.Name) -> Attributes:
-    """(short name, value) pairs in the order of the RFC 4514 string (reversed RDNs)."""
+    """(short name, value) pairs in the certificate's own (DER) order.
+
+    mod_ssl walks the name with ``X509_NAME_get_entry(name, 0..n)``, which is DER order
+    -- the reverse of the RFC 4514 string. Its ``SSL_CLIENT_S_DN_CN`` is therefore the
+    first CN in DER order, and so is every CN securewsgi hands out (environ keys,
+    `PeerIdentity.common_name`, ``REMOTE_USER``, the ``cn`` rule field): an app moved
+    from Apache sees the same user, and no two consumers disagree about who it is.
+    """
     out = []
-    for rdn in reversed(list(name.rdns)):
-        for attribute in rdn:
-            short = _SHORT_NAMES.get(attribute.oid)
-            if short is not None:
-                value = attribute.value
-                out.append((short, value if isinstance(value, str) else value.decode("latin-1")))
+    for attribute in name:  # iterating an x509.Name yields its attributes in DER order
+        short = _SHORT_NAMES.get(attribute.oid)
+        if short is not None:
+            value = attribute.value
+            out.append((short, value if isinstance(value, str) else value.decode("latin-1")))
     return tuple(out)
 
 
 def _dn_keys(prefix: str, dn: str, attributes: Attributes) -> dict[str, str]:
+    """``PREFIX`` (the RFC 4514 string), ``PREFIX_CN`` (the first CN in DER order) and,
+    for a repeated attribute, ``PREFIX_OU_0``, ``PREFIX_OU_1``, ... in DER order."""
     keys = {prefix: dn}
     counts: dict[str, int] = {}
     for short, _ in attributes:

@@ -2,14 +2,18 @@
 
 Per request, in this order:
 
-1. Remove every key a client or an earlier layer could have planted under our names
-   (``SSL_CLIENT_*``, ``REMOTE_USER``, ``securewsgi.peer``) and the forwarded-certificate
-   header.
-2. Pick the effective peer: the `PeerIdentity` our own TLS handshake verified
-   (``environ["securewsgi.tls_peer"]``), or -- only when ``REMOTE_ADDR`` is a trusted
-   proxy -- the certificate in the forwarded header (a malformed one is a 400).
-3. Fill the mod_ssl-style keys, ``REMOTE_USER`` and ``securewsgi.peer``.
-4. If there are rules: check and normalise the path (400 for ambiguous paths), then let
+1. Find the connection's verified peer: the `PeerIdentity` our own TLS handshake
+   verified (``environ["securewsgi.tls_peer"]``), or -- with ``client_cert_from =
+   server``, under another server -- the hosting server's ``SSL_CLIENT_CERT`` when its
+   ``SSL_CLIENT_VERIFY`` is ``SUCCESS`` (an unusable one is a 400).
+2. Remove every key a client or an earlier layer could have planted under our names
+   (``SSL_CLIENT_*``, ``REMOTE_USER``, ``securewsgi.peer``), the forwarded-certificate
+   header, and -- unless a trusted proxy sent them -- request headers that look like
+   identity (``X-SSL-Client-*``, ``Remote-User``, ...; see `IDENTITY_HEADER_PREFIXES`).
+3. Pick the effective peer: the connection's, or -- only when the connection is a
+   trusted proxy -- the certificate in the forwarded header (a malformed one is a 400).
+4. Fill the mod_ssl-style keys, ``REMOTE_USER`` and ``securewsgi.peer``.
+5. If there are rules: check and normalise the path (400 for ambiguous paths), then let
    the first matching rule decide (403 when denied).
 
 Everything that can be computed earlier is: rules and patterns at start-up, the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,14 +36,42 @@ from . import config as _config
 from .authz import Decision, Policy, compile_entry, compile_policy
 from .config import AllowEntry, AuthorizationConfig, IdentityConfig, RuleConfig
 from .errors import ConfigError
-from .forwarded import XFCC_HEADER, ForwardedCertError, ForwardedCertReader, TrustedProxies
+from .forwarded import (
+    XFCC_HEADER,
+    ForwardedCertError,
+    ForwardedCertReader,
+    ServerCertError,
+    ServerCertReader,
+    TrustedProxies,
+)
 from .identity import PeerIdentity
 from .paths import PathError, judge_path
 from .tlsfacts import PROXIED_BY_KEY, TLS_PEER_KEY
 
-__all__ = ["PEER_KEY", "IdentityMiddleware", "filter_factory"]
+__all__ = ["CLIENT_CERT_SOURCES", "IDENTITY_HEADER_PREFIXES", "PEER_KEY",
+           "IdentityMiddleware", "filter_factory"]
 
 PEER_KEY = "securewsgi.peer"
+CLIENT_CERT_SOURCES = ("none", "server")
+
+# Request headers that look like identity, as environ keys (a server maps "-" and "_"
+# in a header name both to "_", so one prefix covers both spellings). Front ends set
+# headers like these for the app behind them, and an app written for such a front end
+# reads them; a client talking to us directly must not be able to send them.
+IDENTITY_HEADER_PREFIXES = (
+    "HTTP_X_SSL_CLIENT",                  # X-SSL-Client-* (nginx, HAProxy examples)
+    "HTTP_SSL_CLIENT",                    # SSL-Client-*: mod_ssl names sent as headers
+    "HTTP_X_CLIENT_CERT",                 # X-Client-Cert* (Google Cloud LB, ...)
+    "HTTP_X_FORWARDED_CLIENT_CERT",       # Envoy XFCC
+    "HTTP_X_FORWARDED_TLS_CLIENT_CERT",   # Traefik passTLSClientCert
+    "HTTP_X_AMZN_MTLS_CLIENTCERT",        # AWS ALB mutual TLS
+    "HTTP_X_SSL_CERT",                    # a common nginx/HAProxy name
+    "HTTP_X_CLIENT_VERIFY",
+    "HTTP_X_CLIENT_DN",
+    "HTTP_REMOTE_USER",                   # Remote-User*
+    "HTTP_X_REMOTE_USER",                 # X-Remote-User*
+)
+_PLANTED_PREFIXES = ("SSL_CLIENT_",)
 WSGIApp = Callable[..., Iterable[bytes]]
 
 log = logging.getLogger("securewsgi.identity")
@@ -47,6 +80,7 @@ authz_log = logging.getLogger("securewsgi.authz")
 _FORBIDDEN = b"403 Forbidden: access to this resource is not allowed\n"
 _BAD_PATH = b"400 Bad Request: ambiguous request path\n"
 _BAD_FORWARDED = b"400 Bad Request: unusable forwarded client certificate\n"
+_BAD_SERVER_CERT = b"400 Bad Request: unusable client certificate from the hosting server\n"
 
 
 def _refuse(start_response: Callable, status: str, body: bytes) -> list[bytes]:
@@ -68,6 +102,10 @@ class IdentityMiddleware:
 
     ``rules`` is a sequence of `RuleConfig` or of plain dicts shaped as in YAML
     (``{"name": ..., "paths": [...], "methods": [...], "allow": [{"cn": ...}]}``).
+    ``strip_identity_headers`` (default true) removes request headers that look like
+    identity unless a trusted proxy sent them. ``client_cert_from`` is "none" (only
+    securewsgi's own handshake, or a trusted proxy, identifies a client) or "server"
+    (under another server: its verified ``SSL_CLIENT_CERT`` is the identity).
     Invalid arguments raise `ConfigError` with source "IdentityMiddleware".
     """
 
@@ -83,6 +121,8 @@ class IdentityMiddleware:
         rules: Sequence[Union[RuleConfig, Mapping[str, Any]]] = (),
         default: str = "allow",
         trusted_proxy_identities: Sequence[Union[AllowEntry, Mapping[str, Any]]] = (),
+        strip_identity_headers: Union[bool, str] = True,
+        client_cert_from: str = "none",
         _source: Union[str, Path, None] = None,
         _policy: Optional[Policy] = None,
     ) -> None:
@@ -101,7 +141,14 @@ class IdentityMiddleware:
         self.proxy_identities = _proxy_identities(source, trusted_proxy_identities)
         self.forwarded = ForwardedCertReader(header)
         self._header_key = self.forwarded.environ_key
+        self.strip_identity_headers: bool = _option(
+            source, "strip_identity_headers", strip_identity_headers, _config.parse_bool)
+        self.client_cert_from: str = _option(source, "client_cert_from", client_cert_from,
+                                             _config.one_of(*CLIENT_CERT_SOURCES))
+        self.server_certs = ServerCertReader() if self.client_cert_from == "server" else None
+        self._scrub_prefixes = _scrub_prefixes(self.strip_identity_headers)
         self._warned_no_tls = False
+        self._warned_own_tls = False
 
     @classmethod
     def from_config(cls, app: WSGIApp, identity: IdentityConfig,
@@ -113,34 +160,36 @@ class IdentityMiddleware:
                    trusted_proxies=identity.trusted_proxies,
                    forwarded_cert_header=identity.forwarded_cert_header,
                    trusted_proxy_identities=identity.trusted_proxy_identities,
+                   strip_identity_headers=identity.strip_identity_headers,
+                   client_cert_from=identity.client_cert_from,
                    _source=source, _policy=policy)
 
     # ------------------------------------------------------------------ per request
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        # 1. nothing under our names survives unless we put it there. An environ that
-        # securewsgi's own protocol built (it carries TLS_PEER_KEY, and no identity layer
-        # ran yet) holds only HTTP_* keys from the client: the scan would find nothing.
-        if PEER_KEY in environ or TLS_PEER_KEY not in environ:
-            planted = [k for k in environ if k.startswith("SSL_CLIENT_")]
-            for key in planted:
-                del environ[key]
-        environ.pop("REMOTE_USER", None)
+        # An environ that securewsgi's own protocol built (it carries TLS_PEER_KEY, and
+        # no identity layer ran yet) holds no SSL_CLIENT_* keys: the client's headers
+        # all arrive as HTTP_*, so only those need looking at.
+        built_by_us = TLS_PEER_KEY in environ and PEER_KEY not in environ
+
+        # 1. the peer the connection's TLS handshake verified (read before step 2
+        # removes the hosting server's SSL_CLIENT_* keys)
+        try:
+            peer = self._connection_peer(environ)
+        except ServerCertError as exc:
+            self._scrub(environ, built_by_us, trusted=False)
+            environ[PEER_KEY] = None
+            log.error("refused request: client_cert_from = server, but the hosting "
+                      "server's certificate cannot be used: %s", exc)
+            return _refuse(start_response, "400 Bad Request", _BAD_SERVER_CERT)
+        trusted = self._trusts_forwarder(environ, peer)
+
+        # 2. nothing under our names survives unless we put it there
+        self._scrub(environ, built_by_us, trusted)
         header = environ.pop(self._header_key, None)
 
-        # 2. the effective peer
-        try:
-            peer: Optional[PeerIdentity] = environ[TLS_PEER_KEY]
-        except KeyError:
-            peer = None
-            if not self._warned_no_tls:
-                self._warned_no_tls = True
-                log.warning(
-                    "environ has no %r: not running under securewsgi's server, so direct "
-                    "clients are anonymous%s", TLS_PEER_KEY,
-                    " (certificates forwarded by trusted proxies are still used)"
-                    if self.trusted_proxies else "")
-        if self._trusts_forwarder(environ, peer):
+        # 3. the effective peer
+        if trusted:
             # A trusted proxy speaks for its client: the proxy's own certificate is not
             # the caller's identity, and no forwarded certificate means anonymous.
             try:
@@ -151,7 +200,7 @@ class IdentityMiddleware:
                 environ[PEER_KEY] = None
                 return _refuse(start_response, "400 Bad Request", _BAD_FORWARDED)
 
-        # 3. what the application sees
+        # 4. what the application sees
         environ[PEER_KEY] = peer
         if peer is None:
             environ["SSL_CLIENT_VERIFY"] = "NONE"
@@ -165,7 +214,7 @@ class IdentityMiddleware:
                 if user:
                     environ["REMOTE_USER"] = user
 
-        # 4. authorization
+        # 5. authorization
         if self.policy.active:
             try:
                 path = judge_path(environ)
@@ -181,6 +230,65 @@ class IdentityMiddleware:
                 return _refuse(start_response, "403 Forbidden", _FORBIDDEN)
         return self.app(environ, start_response)
 
+    def _connection_peer(self, environ: dict[str, Any]) -> Optional[PeerIdentity]:
+        """Who the TLS handshake in front of this middleware verified, or None.
+
+        Under securewsgi's server that is its own handshake's peer, whatever
+        `client_cert_from` says: that server verified the certificate itself, and the
+        SSL_CLIENT_* keys an outer identity layer set are copies, not a second opinion.
+        Under another server it is that server's verified certificate with
+        ``client_cert_from = server``, and nobody (anonymous) without.
+        """
+        try:
+            peer: Optional[PeerIdentity] = environ[TLS_PEER_KEY]
+        except KeyError:
+            if self.server_certs is not None:
+                return self._server_peer(environ)
+            if not self._warned_no_tls:
+                self._warned_no_tls = True
+                log.warning(
+                    "environ has no %r: not running under securewsgi's server, so direct "
+                    "clients are anonymous%s; set client_cert_from = server to use the "
+                    "certificate a hosting server (Apache mod_ssl, nginx) verified",
+                    TLS_PEER_KEY,
+                    " (certificates forwarded by trusted proxies are still used)"
+                    if self.trusted_proxies else "")
+            return None
+        if self.server_certs is not None and not self._warned_own_tls:
+            self._warned_own_tls = True
+            log.error("client_cert_from = server, but this request came through "
+                      "securewsgi's own server, which verified the client certificate "
+                      "itself: using that certificate and ignoring SSL_CLIENT_CERT (set "
+                      "client_cert_from = none here; 'server' is for other servers)")
+        return peer
+
+    def _server_peer(self, environ: dict[str, Any]) -> Optional[PeerIdentity]:
+        """The hosting server's verified certificate (``client_cert_from = server``).
+
+        Only ``SSL_CLIENT_VERIFY == "SUCCESS"`` counts: mod_ssl's ``GENEROUS`` and
+        nginx's ``FAILED:reason`` describe a certificate nobody verified, and ``NONE``
+        means there was none. `ServerCertError` when the verified one is unusable.
+        """
+        if environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+            return None
+        assert self.server_certs is not None
+        return self.server_certs.peer(environ.get("SSL_CLIENT_CERT"))
+
+    def _scrub(self, environ: dict[str, Any], built_by_us: bool, trusted: bool) -> None:
+        """Remove keys planted under our names and, from an untrusted peer,
+        identity-looking request headers, in one pass over the keys."""
+        doomed = self._scrub_prefixes[(not built_by_us, not trusted)].keys_in(environ)
+        if doomed:
+            for key in doomed:
+                del environ[key]
+            if log.isEnabledFor(logging.DEBUG):
+                headers = [key for key in doomed if key.startswith("HTTP_")]
+                if headers:
+                    log.debug("removed identity-looking request headers from %s: %s",
+                              _printable(str(environ.get("REMOTE_ADDR"))),
+                              _printable(" ".join(headers)))
+        environ.pop("REMOTE_USER", None)
+
     def _trusts_forwarder(self, environ: dict[str, Any], tls_peer: Optional[PeerIdentity]
                           ) -> bool:
         """May this connection speak for another client? Its address must be in
@@ -193,7 +301,9 @@ class IdentityMiddleware:
         if self.trusted_proxies and environ.get("REMOTE_ADDR") not in self.trusted_proxies:
             return False
         if self.proxy_identities:
-            return tls_peer is not None and tls_peer.source == "tls" and any(
+            # the proxy's own certificate, as a TLS handshake verified it (ours, or the
+            # hosting server's with client_cert_from = server)
+            return tls_peer is not None and tls_peer.source in ("tls", "server") and any(
                 matches(tls_peer) for matches in self.proxy_identities)
         return True
 
@@ -212,6 +322,56 @@ class IdentityMiddleware:
         client = "anonymous" if peer is None else f"{peer.subject} (via {peer.source})"
         authz_log.warning("denied by rule %s: %s %s client=%s", decision.rule,
                           _printable(method, 20), _printable(path), _printable(client))
+
+
+# ------------------------------------------------------------------ environ scrubbing
+
+
+class _KeyPrefixes:
+    """Finds the environ keys that start with any of some prefixes.
+
+    Nearly every request has none, so that answer must be cheap: one C-level join of
+    the keys and one precompiled regular expression (about a third of the cost of a
+    `str.startswith` call per key). Only when it finds one does a pass over the keys
+    collect them.
+    """
+
+    __slots__ = ("_probe", "prefixes")
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+        headers = [re.escape(p[5:]) for p in prefixes if p.startswith("HTTP_")]
+        others = [re.escape(p) for p in prefixes if not p.startswith("HTTP_")]
+        branches = ([f"HTTP_(?:{'|'.join(headers)})"] if headers else []) + others
+        # every key follows a NUL in the joined string; HTTP headers cannot hold a NUL,
+        # and a false alarm only costs the exact pass
+        self._probe = re.compile(f"\0(?:{'|'.join(branches)})").search if branches else None
+
+    def keys_in(self, environ: dict[str, Any]) -> list[str]:
+        if self._probe is None:
+            return []
+        try:
+            joined = "\0" + "\0".join(environ)
+        except TypeError:  # a non-str key, against PEP 3333, from an earlier layer
+            return [k for k in environ if isinstance(k, str) and k.startswith(self.prefixes)]
+        if self._probe(joined) is None:
+            return []
+        return [k for k in environ if k.startswith(self.prefixes)]
+
+
+def _scrub_prefixes(strip_headers: bool) -> dict[tuple[bool, bool], _KeyPrefixes]:
+    """(scan for planted SSL_CLIENT_* keys?, untrusted peer?) -> the keys to remove.
+
+    Precomputed per middleware: a request pays for one probe of its keys, and for
+    nothing when there is nothing to look for.
+    """
+    headers = IDENTITY_HEADER_PREFIXES if strip_headers else ()
+    return {
+        (True, True): _KeyPrefixes(_PLANTED_PREFIXES + headers),
+        (True, False): _KeyPrefixes(_PLANTED_PREFIXES),
+        (False, True): _KeyPrefixes(headers),
+        (False, False): _KeyPrefixes(()),
+    }
 
 
 # ----------------------------------------------------------------- option parsing
@@ -265,7 +425,7 @@ def _rules(source: Any, rules: Sequence[Union[RuleConfig, Mapping[str, Any]]]
 # -------------------------------------------------------------------- Paste Deploy
 
 _PASTE_OPTIONS = ("remote_user", "trusted_proxies", "forwarded_cert_header", "default",
-                  "policy_file")
+                  "policy_file", "strip_identity_headers", "client_cert_from")
 
 
 def filter_factory(global_conf: Mapping[str, Any], **local_conf: Any
@@ -273,9 +433,12 @@ def filter_factory(global_conf: Mapping[str, Any], **local_conf: Any
     """Paste Deploy ``paste.filter_factory`` (``use = egg:securewsgi#identity``).
 
     Options: ``remote_user``, ``trusted_proxies`` (space separated CIDRs),
-    ``forwarded_cert_header``, ``default`` and ``policy_file`` (YAML with ``rules:``
-    and optionally ``default:``, relative to the Paste file's directory). Everything is
-    validated here, when the pipeline is loaded, not on the first request.
+    ``forwarded_cert_header``, ``strip_identity_headers`` (default true),
+    ``client_cert_from`` (``none`` or ``server``: under Apache mod_wsgi or uWSGI behind
+    nginx, the certificate that server verified), ``default`` and ``policy_file`` (YAML
+    with ``rules:`` and optionally ``default:``, relative to the Paste file's
+    directory). Everything is validated here, when the pipeline is loaded, not on the
+    first request.
     """
     source = global_conf.get("__file__") or "paste filter securewsgi#identity"
     for key in local_conf:
@@ -298,6 +461,8 @@ def filter_factory(global_conf: Mapping[str, Any], **local_conf: Any
         remote_user=str(local_conf.get("remote_user", "none")).strip(),
         trusted_proxies=str(trusted),
         forwarded_cert_header=str(local_conf.get("forwarded_cert_header", XFCC_HEADER)),
+        strip_identity_headers=str(local_conf.get("strip_identity_headers", "true")),
+        client_cert_from=str(local_conf.get("client_cert_from", "none")).strip(),
     )
     default = _option(source, "default", default or "allow", _config.one_of("allow", "deny"))
     if policy_file:

@@ -6,7 +6,8 @@ that the rule sees one path while the application routes another.  The answer he
 to judge exactly one path and make the application route that same path:
 
 * ambiguous requests are refused (`PathError` -> 400) before any rule runs: an encoded
-  slash (``%2F``), an encoded or literal backslash, a NUL (literal or ``%00``), a
+  slash (``%2F``), an encoded or literal backslash, a control character (C0, i.e.
+  0x00-0x1F, or DEL 0x7F; literal or encoded such as ``%00``, ``%0a``, ``%09``), a
   percent sign that still encodes something after decoding (``%2561`` -> ``%61``: an
   application that decodes twice would route another path), a ``..`` that climbs
   above the root, and a path that does not start with ``/`` (``*``, absolute-form
@@ -50,18 +51,42 @@ _STILL_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _RAW_FORBIDDEN = (("%2f", "an encoded slash (%2F)"),
                   ("%5c", "an encoded backslash (%5C)"),
                   ("%00", "an encoded NUL (%00)"))
+# An encoded C0 control character or DEL (%00-%1F, %7F).
+_RAW_CONTROL = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
+# A decoded C0 control character or DEL. No legitimate path holds one, and layers read
+# it differently: a rule for "/admin" does not match "/admin\n", but an application
+# routing with re.match(r"^/admin$") does ("$" also matches before a final newline);
+# echoed into a Location header or a log line it splits the response or forges a line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 3986 pchar minus "%": what RAW_PATH_INFO may carry unencoded.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 def check_raw_path(raw: str) -> None:
-    """Refuse a raw request path holding an encoded slash, backslash or NUL."""
+    """Refuse a raw request path holding an encoded slash, backslash or control
+    character."""
     if "%" not in raw:
         return
     lowered = raw.lower()
     for needle, what in _RAW_FORBIDDEN:
         if needle in lowered:
             raise PathError(f"path contains {what}")
+    match = _RAW_CONTROL.search(raw)
+    if match:
+        raise PathError(f"path contains an encoded control character ({match.group()})")
+
+
+def _control_character(path: str) -> Optional[str]:
+    """The first C0 control character or DEL in `path`, or None.
+
+    `str.isprintable` (one C loop) clears the usual path; only a path with something
+    unprintable -- a control character, or a latin-1 character such as U+0080-U+00A0
+    that UTF-8 bytes decode to -- pays for the regular expression.
+    """
+    if path.isprintable():
+        return None
+    match = _CONTROL.search(path)
+    return match.group() if match else None
 
 
 def _needs_work(path: str) -> bool:
@@ -71,8 +96,8 @@ def _needs_work(path: str) -> bool:
         or "//" in path
         or "/." in path  # "/./", "/../", a trailing "/." or "/..", but also "/.well-known"
         or "\\" in path
-        or "\x00" in path
         or "%" in path
+        or not path.isprintable()  # C0 controls, DEL (and harmless non-ASCII: slow path)
     )
 
 
@@ -90,6 +115,9 @@ def normalise_path(path: str) -> str:
         raise PathError("path does not start with '/'")
     if "\x00" in path:
         raise PathError("path contains a NUL")
+    control = _control_character(path)
+    if control is not None:
+        raise PathError(f"path contains a control character (0x{ord(control):02X})")
     if "\\" in path:
         raise PathError("path contains a backslash")
     if "%" in path and _STILL_ENCODED.search(path):

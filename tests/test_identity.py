@@ -134,9 +134,10 @@ def test_full_environ_of_a_rich_certificate(ca: CertificateAuthority) -> None:
                            "OU=Engineering,O=Example Inc,L=San Francisco,ST=California,C=US",
         "SSL_CLIENT_S_DN_Email": "alice@example.org",
         "SSL_CLIENT_S_DN_CN": "alice",
-        "SSL_CLIENT_S_DN_OU": "Operations",
-        "SSL_CLIENT_S_DN_OU_0": "Operations",
-        "SSL_CLIENT_S_DN_OU_1": "Engineering",
+        # attribute keys in DER order (as built above), the unnumbered one the first
+        "SSL_CLIENT_S_DN_OU": "Engineering",
+        "SSL_CLIENT_S_DN_OU_0": "Engineering",
+        "SSL_CLIENT_S_DN_OU_1": "Operations",
         "SSL_CLIENT_S_DN_O": "Example Inc",
         "SSL_CLIENT_S_DN_L": "San Francisco",
         "SSL_CLIENT_S_DN_ST": "California",
@@ -163,7 +164,9 @@ def test_full_environ_of_a_rich_certificate(ca: CertificateAuthority) -> None:
     assert env["securewsgi.peer"].subject == expected["SSL_CLIENT_S_DN"]
 
 
-def test_ou_order_follows_the_dn_string(ca: CertificateAuthority) -> None:
+def test_ou_order_follows_the_der_order_not_the_dn_string(ca: CertificateAuthority
+                                                          ) -> None:
+    """mod_ssl walks the subject in DER order, the reverse of the RFC 4514 string."""
     ous = ["first-in-der", "second", "third-in-der"]
     subject = name(*[(NameOID.ORGANIZATIONAL_UNIT_NAME, ou) for ou in ous],
                    (NameOID.COMMON_NAME, "bob"))
@@ -172,9 +175,10 @@ def test_ou_order_follows_the_dn_string(ca: CertificateAuthority) -> None:
     dn = cert.subject.rfc4514_string()
     in_string_order = [part.split("=", 1)[1] for part in dn.split(",") if part.startswith("OU=")]
     assert in_string_order == list(reversed(ous))
-    for index, value in enumerate(in_string_order):
+    assert env["SSL_CLIENT_S_DN"] == dn  # the string itself stays RFC 4514
+    for index, value in enumerate(ous):
         assert env[f"SSL_CLIENT_S_DN_OU_{index}"] == value
-    assert env["SSL_CLIENT_S_DN_OU"] == in_string_order[0]
+    assert env["SSL_CLIENT_S_DN_OU"] == ous[0] == "first-in-der"
     assert "SSL_CLIENT_S_DN_OU_3" not in env
     assert "SSL_CLIENT_S_DN_CN_0" not in env  # single-valued attributes are not numbered
 
@@ -365,8 +369,27 @@ def test_planted_keys_never_reach_the_app(ca: CertificateAuthority, with_cert: b
         assert env["securewsgi.peer"] is None
     assert "REMOTE_USER" not in env
     assert "SSL_CLIENT_SAN_DNS_7" not in env
-    # headers stay headers: HTTP_* keys never become identity keys
-    assert env.get("HTTP_SSL_CLIENT_S_DN_CN") == "admin"
+    # identity-looking headers from an untrusted peer are removed (strip_identity_headers)
+    assert "HTTP_SSL_CLIENT_S_DN_CN" not in env
+    assert "HTTP_REMOTE_USER" not in env
+    assert "HTTP_SSL_CLIENT_VERIFY" not in env
+
+
+def test_headers_stay_headers_when_not_stripped(ca: CertificateAuthority) -> None:
+    """With strip_identity_headers off, a header is passed on as a header: an HTTP_*
+    key never becomes an identity key."""
+    peer = peer_of(make_cert(ca, name((NameOID.COMMON_NAME, "mallory"))))
+    app = Recorder()
+    request = webob.Request.blank(
+        "/", environ={"securewsgi.tls_peer": peer, **PLANTED},
+        headers={"SSL-Client-S-DN-CN": "admin", "Remote-User": "admin"})
+    request.get_response(IdentityMiddleware(app, remote_user="cn",
+                                            strip_identity_headers=False))
+    env = app.environ
+    assert env["HTTP_SSL_CLIENT_S_DN_CN"] == "admin"
+    assert env["HTTP_REMOTE_USER"] == "admin"
+    assert env["SSL_CLIENT_S_DN_CN"] == "mallory"
+    assert env["REMOTE_USER"] == "mallory"
 
 
 def test_remote_user_from_client_is_replaced(ca: CertificateAuthority) -> None:

@@ -308,3 +308,67 @@ def test_judged_path_is_what_the_app_routes(path: str) -> None:
     except PathError:
         return
     assert judged == (environ["PATH_INFO"] or "/")
+
+
+
+# ------------------------------------------------------------- control characters
+
+# C0 controls and DEL; NUL was refused before (test_refused_paths, BYPASSES)
+CONTROLS = [chr(code) for code in range(0x01, 0x20)] + ["\x7f"]
+# Not control characters: UTF-8 bytes decoded as latin-1 (PEP 3333) give U+0080-U+00FF,
+# some of them unprintable (C1, NBSP, soft hyphen); they are data.
+DATA_PATHS = ["/a b", "/caf\u00c3\u00a9", "/\u00c4\u0081", "/x\u0080\u009f\u00a0\u00ad",
+              "/~user/!$&'()*+,;=:@"]
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"0x{ord(c):02X}")
+def test_decoded_control_characters_are_refused(char: str) -> None:
+    """/admin%0a reaches PATH_INFO as "/admin\\n": no rule names it, but a router that
+    matches with "^/admin$" routes it to /admin (and it splits headers and log lines)."""
+    with pytest.raises(PathError) as info:
+        normalise_path(f"/admin{char}")
+    assert "control character" in info.value.reason
+    with pytest.raises(PathError):
+        normalise_path(f"/a{char}b/c")
+    # as a server decodes it, with and without the raw path next to it
+    raw = f"/admin%{ord(char):02x}"
+    for environ in (eventlet_environ(raw), eventlet_environ(raw.upper()),
+                    {"PATH_INFO": f"/admin{char}"}):
+        with pytest.raises(PathError):
+            judge_path(environ)
+    # ... and only those: other unprintable characters are data
+    for path in DATA_PATHS:
+        assert normalise_path(path) == path
+
+
+@pytest.mark.parametrize("raw", ["/admin%0a", "/admin%0D", "/x%09y", "/%7F", "/a%1fb", "/a%01"])
+def test_raw_path_with_encoded_control_characters_is_refused(raw: str) -> None:
+    with pytest.raises(PathError) as info:
+        check_raw_path(raw)
+    assert "control character" in info.value.reason
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"0x{ord(c):02X}")
+def test_middleware_refuses_control_characters_everywhere_when_rules_are_active(
+        char: str) -> None:
+    router = Router()
+    mw = IdentityMiddleware(router, rules=RULES)
+    for raw in (f"/admin%{ord(char):02X}", f"/public%{ord(char):02x}/x"):
+        response = webob.Request(eventlet_environ(raw, **{"securewsgi.tls_peer": None})
+                                 ).get_response(mw)
+        assert response.status_int == 400, raw
+        assert response.body == b"400 Bad Request: ambiguous request path\n"
+    # literal, as a lax server might pass it (no raw path to look at)
+    environ = webob.Request.blank("/").environ
+    environ.update({"PATH_INFO": f"/public{char}", "securewsgi.tls_peer": None})
+    assert webob.Request(environ).get_response(mw).status_int == 400
+    assert router.routed == []
+
+
+def test_control_check_keeps_plain_paths_on_the_fast_path() -> None:
+    """Refused: a tab; and the check costs ordinary paths no trip to the slow path."""
+    with pytest.raises(PathError):
+        normalise_path("/admin\t")
+    for path in ("/v2.1/servers/8c5e4e1a-2f0b-4b6f-9d3a-000000000000/action", "/healthz",
+                 "/a b/~x"):
+        assert normalise_path(path) is path
