@@ -18,7 +18,7 @@ from ..config import ServerConfig
 from ..logs import RateLimitedLog
 from ..proxyprotocol import ProxyHeaderError
 from ..proxyprotocol import read_header as read_proxy_header
-from ..tlsfacts import PROXIED_BY_KEY
+from ..tlsfacts import PROXIED_BY_KEY, handshake_failure_reason
 
 log = logging.getLogger("securewsgi.server")
 # Refused handshakes are triggered by clients at will: rate-limit their log lines.
@@ -84,9 +84,23 @@ def read_proxied_address(sock: Any, peer: str, addr: Any, timeout: float
     try:
         announced = read_proxy_header(sock, time.monotonic() + timeout)
     except (ProxyHeaderError, OSError) as exc:
-        handshake_log.info("PROXY header refused: proxy=%s reason=%s", peer, exc)
+        proxy_header_refused(peer, exc)
         return None, {}
     return (addr if announced is None else announced), {PROXIED_BY_KEY: peer}
+
+
+def handshake_failed(peer: str, exc: Optional[BaseException] = None,
+                     reason: Optional[str] = None) -> None:
+    """One rate-limited line for a refused TLS handshake: `exc` is what the handshake
+    raised (turned into a plain reason here), or `reason` says it when nothing raised
+    (a deadline, a resumed session refused)."""
+    if reason is None:
+        reason = handshake_failure_reason(exc) if exc is not None else "unknown"
+    handshake_log.info("TLS handshake failed: client=%s reason=%s", peer, reason)
+
+
+def proxy_header_refused(peer: str, reason: object) -> None:
+    handshake_log.info("PROXY header refused: proxy=%s reason=%s", peer, reason)
 
 
 def tune_accepted(sock: Any) -> None:

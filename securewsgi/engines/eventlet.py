@@ -48,7 +48,7 @@ import contextlib
 from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection
 from ..tls import ServerTLS
-from ..tlsfacts import connection_environ, handshake_failure_reason, plain_environ
+from ..tlsfacts import connection_environ, plain_environ
 from . import common
 from .admission import HandshakeBudget
 from .common import handshake_log
@@ -216,10 +216,9 @@ class _Server:
             common.quick_ack(tls)
             return connection_environ(tls, state.revoked)
         except eventlet.Timeout:
-            reason = f"no TLS handshake within {timeout:g}s"
+            common.handshake_failed(conn.peer, reason=f"no TLS handshake within {timeout:g}s")
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            reason = handshake_failure_reason(exc)
-        handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.peer, reason)
+            common.handshake_failed(conn.peer, exc)
         return None
 
     # ---------------------------------------------------------------------- stopping

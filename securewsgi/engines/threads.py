@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection, Refusal
 from ..tls import ServerTLS
-from ..tlsfacts import connection_environ, handshake_failure_reason, plain_environ
+from ..tlsfacts import connection_environ, plain_environ
 from . import common
 from .admission import HandshakeBudget
 from .common import handshake_log
@@ -290,12 +290,12 @@ class _Server:
             self._release(conn, _OUT)
             return False
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            self._handshake_failed(conn, handshake_failure_reason(exc))
+            self._handshake_failed(conn, exc)
             return False
         try:
             facts = connection_environ(conn.sock, conn.revoked)
         except ValueError as exc:  # a resumed session whose certificate is no longer good
-            self._handshake_failed(conn, str(exc))
+            self._handshake_failed(conn, exc)
             return False
         common.quick_ack(conn.sock)
         self._handshake_done(conn, facts)
@@ -307,9 +307,8 @@ class _Server:
         conn.phase = HEAD
         conn.deadline = time.monotonic() + conn.http.idle_timeout()
 
-    def _handshake_failed(self, conn: _Conn, reason: str) -> None:
-        handshake_log.info("TLS handshake failed: client=%s reason=%s", conn.http.peer,
-                           reason)
+    def _handshake_failed(self, conn: _Conn, exc: BaseException) -> None:
+        common.handshake_failed(conn.http.peer, exc)
         self._close(conn)
 
     def _serve(self, conn: _Conn) -> None:
@@ -444,14 +443,12 @@ class _Server:
             self._timed_out(conn)
 
     def _timed_out(self, conn: _Conn) -> None:
-        if conn.phase in (PROXY, HANDSHAKE):
-            reason = f"no TLS handshake within {self.config.handshake_timeout:g}s"
-            if conn.phase == PROXY:
-                handshake_log.info("PROXY header refused: proxy=%s reason=%s",
-                                   conn.http.peer, "PROXY header not received in time")
-            else:
-                handshake_log.info("TLS handshake failed: client=%s reason=%s",
-                                   conn.http.peer, reason)
+        if conn.phase == PROXY:
+            common.proxy_header_refused(conn.http.peer, "PROXY header not received in time")
+            self._close(conn)
+        elif conn.phase == HANDSHAKE:
+            common.handshake_failed(conn.http.peer, reason="no TLS handshake within "
+                                    f"{self.config.handshake_timeout:g}s")
             self._close(conn)
         elif conn.phase == HEAD and conn.http.buf.strip(b"\r\n"):
             conn.sock.settimeout(1.0)  # the 408 is small: never wait long for it
