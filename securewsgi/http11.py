@@ -13,10 +13,47 @@ close idle connections and let active ones finish.
 
 Every request is refused the same way: a short status-only response with
 ``Connection: close``, then the connection is closed (see `_REFUSALS` for the table).
+
+Choices where the RFCs leave one (or where we are stricter than they require):
+
+* request-target (RFC 9112 3.2): origin-form, ``*`` for OPTIONS, and absolute-form
+  with an ``http`` or ``https`` scheme (any case); the application sees the target's
+  path and query, and ``HTTP_HOST`` is the target's authority (3.2.2: the Host field
+  is ignored then, but must still be present in HTTP/1.1 and valid). An absolute-form
+  target without a path means ``/``. Other schemes, userinfo (``user@``) and an empty
+  host are refused (400), and so are authority-form (CONNECT), a fragment (``#``) and
+  bytes outside visible ASCII in the target (RFC 3986 2: clients percent-encode them).
+* Host (RFC 9112 3.2, RFC 3986 3.2.2): ``uri-host [":" port]``; an IPv6 literal must
+  be a valid address, a port at most 65535 (an empty port is allowed, as the grammar
+  does); a comma is refused although reg-name allows it (a comma list is what a
+  proxy makes of repeated Host lines). An empty Host is valid.
+* fields that hold one value (RFC 9110 5.3 allows repeating only list-based fields):
+  a repeated Host, Content-Length, Transfer-Encoding, Content-Type, Authorization,
+  Proxy-Authorization, Expect, If-Modified-Since, If-Unmodified-Since, If-Range,
+  Range, Max-Forwards, User-Agent, Referer, From or Date is a 400, not a merged value
+  (Transfer-Encoding and Expect are lists in RFC 9110, but the only value accepted is
+  one ``chunked`` / one ``100-continue``). Other repeated fields are joined with
+  ",", Cookie lines with "; " (RFC 6265 5.4).
+* Connection (RFC 9110 7.6.1) is a comma-separated, case-insensitive token list, in
+  requests and in the application's response headers.
+* ``Expect: 100-continue`` is ignored in HTTP/1.0 requests (RFC 9110 10.1.1); any
+  other expectation is ignored too (no 417).
+* empty lines before a request line are ignored (RFC 9112 2.2), however segmented.
+* chunk extensions must follow RFC 9112 7.1.1 (no whitespace around ";" or "="); they
+  and trailer fields are read and discarded.
+* HEAD (RFC 9110 9.3.2): Content-Length is added only when the app returned a
+  non-empty body in one piece (then it is the real length); a HEAD response never
+  gets ``Transfer-Encoding: chunked`` made up for it.
+* the application's errors, including its own socket errors (a database that refuses
+  connections), are a logged 500 when nothing was sent yet, and a cut connection
+  otherwise; only an error on the client's socket means that the client went away.
+  A response body item that is not ``bytes`` (PEP 3333) is such an error, found before
+  the head is sent.
 """
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import re
 import socket
@@ -38,15 +75,28 @@ WSGIApp = Callable[..., Iterable[bytes]]
 AccessLogger = Callable[[dict, int, int, float], None]
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-# METHOD SP request-target SP HTTP/x.y -- no control bytes or spaces in the target.
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)")
+# METHOD SP request-target SP HTTP/x.y -- the target in visible ASCII, without "#" (a
+# fragment is no part of a request-target, RFC 9112 3.2).
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21\x22\x24-\x7e]+) HTTP/(\d)\.(\d)")
 # name ":" OWS value OWS, CRLF-terminated; values allow HTAB and obs-text, no controls.
 _HEADER_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+# chunk-size *( ";" token [ "=" ( token / quoted-string ) ] ), RFC 9112 7.1.1.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN +
+                         rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|'
+                         rb'\\[\t \x21-\x7e\x80-\xff])*"))?)*')
 _STATUS = re.compile(r"[1-5][0-9][0-9] [^\x00-\x1f\x7f]*")
 _HEADER_NAME = re.compile(_TOKEN.decode())
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# uri-host [ ":" port ] (RFC 3986 3.2.2), without the comma reg-name would allow.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|(?:[A-Za-z0-9._~!$&'()*+;=-]|%[0-9A-Fa-f]{2})*)"
+                   r"(?::([0-9]{0,5}))?")
+_ABSOLUTE_FORM = re.compile(r"(?i:https?)://([^/?#]*)(.*)", re.DOTALL)
+# Fields that hold one value (RFC 9110 5.3): a second line is a 400, not a list.
+_SINGLETONS = frozenset({
+    "host", "content-length", "transfer-encoding", "content-type", "authorization",
+    "proxy-authorization", "expect", "if-modified-since", "if-unmodified-since",
+    "if-range", "range", "max-forwards", "user-agent", "referer", "from", "date"})
 
 DISCARD_LIMIT = 64 * 1024  # unread request body we read away to keep the connection
 RECV_SIZE = 65536
@@ -62,7 +112,15 @@ class Refusal(Exception):
 
 
 class _ClientGone(Exception):
-    """The client closed or broke the connection: nothing to answer."""
+    """The client's socket failed (closed, reset, TLS alert): nothing to answer.
+
+    Raised only where this module touches the client socket (`Connection.recv`,
+    `Connection.send`), so that an OSError of the application (its database refusing
+    connections) is never mistaken for a client that went away."""
+
+
+class _ClientTimeout(_ClientGone):
+    """The client sent nothing within the socket timeout."""
 
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
@@ -71,13 +129,17 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large"
             505: "HTTP Version Not Supported"}
 
 
-def _refusal_bytes(status: int) -> bytes:
+def _refusal_bytes(status: int, with_body: bool = True) -> bytes:
     body = f"{status} {_REASONS[status]}\n".encode()
     return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + \
+        (body if with_body else b"")
 
 
 _REFUSALS = {status: _refusal_bytes(status) for status in _REASONS}
+_REFUSAL_HEADS = {status: _refusal_bytes(status, False) for status in _REASONS}  # HEAD
+# The body bytes of each refusal, for the access log.
+_REFUSAL_BODY = {status: len(f"{status} {_REASONS[status]}\n") for status in _REASONS}
 
 
 class _Clock:
@@ -162,11 +224,11 @@ class Connection:
             yield
         except Refusal as refusal:
             self._refuse(refusal)
-        except _ClientGone:
-            pass
-        except socket.timeout:
+        except _ClientTimeout:
             log.debug("connection idle too long: client=%s", self.peer)
-        except OSError as exc:  # resets, TLS alerts from the peer
+        except _ClientGone as exc:  # resets, TLS alerts from the peer
+            log.debug("connection ended: client=%s %s", self.peer, exc)
+        except OSError as exc:  # a safety net: client socket errors are _ClientGone
             log.debug("connection ended: client=%s %s", self.peer, exc)
 
     def _serve_one(self, head: bytes) -> bool:
@@ -188,17 +250,28 @@ class Connection:
         refusal_log.info("refused request: client=%s status=%d reason=%s", self.peer,
                          refusal.status, refusal.reason)
         self.unread_body = True  # whatever the client sent after the refused head
-        with contextlib.suppress(OSError):
-            self.sock.sendall(_REFUSALS[refusal.status])
+        with contextlib.suppress(_ClientGone):
+            self.send(_REFUSALS[refusal.status])
 
     # ---------------------------------------------------------------- reading
 
     def recv(self, timeout: float) -> bytes:
-        self.sock.settimeout(timeout)
+        """Up to RECV_SIZE bytes from the client (b"" when it closed); its socket
+        errors become `_ClientGone`, a timeout `_ClientTimeout`."""
         try:
+            self.sock.settimeout(timeout)
             return self.sock.recv(RECV_SIZE)
-        except ConnectionResetError:
-            raise _ClientGone() from None
+        except socket.timeout:
+            raise _ClientTimeout() from None
+        except OSError as exc:
+            raise _ClientGone(str(exc)) from None
+
+    def send(self, data: bytes) -> None:
+        """All of `data` to the client; its socket errors become `_ClientGone`."""
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise _ClientGone(str(exc)) from None
 
     def take_head(self) -> Optional[bytes]:
         """The next complete request head in `buf` (consumed, without the blank line),
@@ -251,7 +324,7 @@ class Connection:
                 timeout = min(timeout, options.socket_timeout)
             try:
                 data = self.recv(timeout)
-            except socket.timeout:
+            except _ClientTimeout:
                 if deadline is None:
                     raise
                 raise Refusal(408, f"request head not complete in "
@@ -283,6 +356,10 @@ class Connection:
             env[key] = value
         body = Body(self, request)
         env["wsgi.input"] = body
+        # PEP 3333 leaves the end of a body without Content-Length to the server: ours
+        # ends (chunked), and frameworks (WebOb, Werkzeug) read it only when told so.
+        env["wsgi.input_terminated"] = True
+        env["wsgi.file_wrapper"] = FileWrapper
         return env, body
 
     # ---------------------------------------------------------------- writing
@@ -295,11 +372,11 @@ class Connection:
                 response.send(result)
             finally:
                 _close_result(result, request)
-        except (_ClientGone, OSError):
+        except _ClientGone:  # the client's socket, read through wsgi.input or written
             response.keep_alive = False
         except Refusal as refusal:  # from wsgi.input: a body too large or malformed
             response.refuse(refusal)
-        except Exception:
+        except Exception:  # the app's own errors, its own OSErrors included
             response.fail()
         if self.access_log is not None:
             self.access_log(environ, response.status_code, response.body_bytes,
@@ -315,13 +392,14 @@ def _close_result(result: Any, request: _Request) -> None:
             close()
         except Exception:
             log.exception("application error in close(): %s %s", request.method,
-                          _printable(request.target))
+                          _printable(request.raw_target))
 
 
 @dataclass
 class _Request:
     method: str
-    target: str
+    target: str  # origin-form: path [ "?" query ] (or "*")
+    raw_target: str  # as sent (absolute-form included)
     version: str
     headers: dict  # lower-case name -> value (str, latin-1), duplicates joined by ","
     environ_headers: list  # (HTTP_NAME, value)
@@ -371,39 +449,85 @@ def _parse_head(head: bytes, options: ServerConfig) -> _Request:
         raise Refusal(431, f"more than {options.max_header_count} header fields")
     if len(block) > options.max_header_bytes:
         raise Refusal(431, "header section too large")
-    target = raw_target.decode("latin-1")
+    target = raw = raw_target.decode("ascii")
+    authority = None
     if target[0] != "/" and not (target == "*" and method == b"OPTIONS"):
-        raise Refusal(400, "request target must be a path (no absolute or authority form)")
+        target, authority = _absolute_form(target)
     version = "HTTP/1.1" if minor == b"1" else "HTTP/1.0"
     headers: dict = {}
     environ_headers = []
-    content_lengths = []
     for line in lines:
         name, _, value = line.partition(b":")
         key = name.decode("ascii").lower()
         text = value.strip(b" \t").decode("latin-1")
-        if key == "content-length":
-            content_lengths.append(text)
         if key in headers:
-            if key in ("host", "content-length", "transfer-encoding"):
+            if key in _SINGLETONS:
                 raise Refusal(400, f"duplicate {key} header")
-            headers[key] = f"{headers[key]},{text}"
+            headers[key] = f"{headers[key]}{'; ' if key == 'cookie' else ','}{text}"
         else:
             headers[key] = text
         if "_" not in key:  # "X_Forwarded" must not be confused with "X-Forwarded"
             environ_headers.append(key)
-    return _make_request(method.decode("ascii"), target, version, headers, environ_headers,
-                         content_lengths, options)
+    return _make_request(method.decode("ascii"), target, raw, authority, version, headers,
+                         environ_headers, options)
 
 
-def _make_request(method: str, target: str, version: str, headers: dict,
-                  environ_keys: list, content_lengths: list, options: ServerConfig
+def _absolute_form(target: str) -> tuple[str, str]:
+    """RFC 9112 3.2.2: ``http(s)://authority[path][?query]`` -> (origin-form, authority).
+    A missing path is "/"; userinfo, an empty host and other schemes are refused."""
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None:
+        raise Refusal(400, "request target must be a path or an http(s) URI")
+    authority, rest = match.groups()
+    if "@" in authority:
+        raise Refusal(400, "userinfo in the request target")
+    if not authority or authority[0] == ":":
+        raise Refusal(400, "request target without a host")
+    _check_host(authority, "request target")
+    return (rest if rest[:1] == "/" else "/" + rest), authority
+
+
+_valid_hosts: set = set()
+
+
+def _check_host(host: str, where: str = "Host header") -> None:
+    """RFC 9112 3.2: Host = uri-host [ ":" port ]; a refusal when invalid. Valid values
+    are remembered (a few hundred at most): clients name the same hosts again."""
+    if host in _valid_hosts:
+        return
+    match = _HOST.fullmatch(host)
+    if match is None:
+        raise Refusal(400, f"invalid host in the {where}")
+    literal, port = match.groups()
+    if literal[:1] == "[":
+        try:
+            ipaddress.IPv6Address(literal[1:-1])
+        except ValueError:
+            raise Refusal(400, f"invalid IPv6 address in the {where}") from None
+    if port and int(port) > 65535:
+        raise Refusal(400, f"invalid port in the {where}")
+    if len(_valid_hosts) < 256:
+        _valid_hosts.add(host)
+
+
+def _has_token(value: str, token: str) -> bool:
+    """Is `token` (lower-case) one of the comma-separated tokens in `value`
+    (RFC 9110 7.6.1; tokens are case-insensitive)?"""
+    value = value.lower()
+    if value == token:
+        return True
+    return "," in value and any(part.strip(" \t") == token for part in value.split(","))
+
+
+def _make_request(method: str, target: str, raw_target: str, authority: Optional[str],
+                  version: str, headers: dict, environ_keys: list, options: ServerConfig
                   ) -> _Request:
     content_length = None
-    if content_lengths:
-        if not _DIGITS.fullmatch(content_lengths[0].encode("latin-1")):
+    length_text = headers.get("content-length")
+    if length_text is not None:
+        if not _DIGITS.fullmatch(length_text.encode("latin-1")):
             raise Refusal(400, "invalid Content-Length")
-        content_length = int(content_lengths[0])
+        content_length = int(length_text)
     chunked = False
     transfer_encoding = headers.get("transfer-encoding")
     if transfer_encoding is not None:
@@ -414,18 +538,26 @@ def _make_request(method: str, target: str, version: str, headers: dict,
         if transfer_encoding.lower() != "chunked":
             raise Refusal(501, f"unsupported Transfer-Encoding {transfer_encoding!r}")
         chunked = True
-    if version == "HTTP/1.1" and "host" not in headers:
-        raise Refusal(400, "HTTP/1.1 request without Host")
+    host = headers.get("host")
+    if host is None:
+        if version == "HTTP/1.1":
+            raise Refusal(400, "HTTP/1.1 request without Host")
+    else:
+        _check_host(host)
+    if authority is not None:  # RFC 9112 3.2.2: the target's authority, not Host
+        if host is None:
+            environ_keys.append("host")
+        headers["host"] = authority
     limit = options.max_request_body
     if limit is not None and content_length is not None and content_length > limit:
         raise Refusal(413, f"Content-Length {content_length} above max_request_body {limit}")
-    connection = headers.get("connection", "").lower()
+    connection = headers.get("connection")
     if not options.keepalive:
         keep_alive = False
     elif version == "HTTP/1.1" and options.max_http_version == "HTTP/1.1":
-        keep_alive = "close" not in connection
+        keep_alive = connection is None or not _has_token(connection, "close")
     else:  # HTTP/1.0 keeps a connection only when asked to
-        keep_alive = "keep-alive" in connection
+        keep_alive = connection is not None and _has_token(connection, "keep-alive")
     seen = set()
     environ_headers = []
     for key in environ_keys:
@@ -433,9 +565,10 @@ def _make_request(method: str, target: str, version: str, headers: dict,
             continue
         seen.add(key)
         environ_headers.append(("HTTP_" + key.upper().replace("-", "_"), headers[key]))
-    expect = headers.get("expect", "").lower() == "100-continue"
-    return _Request(method, target, version, headers, environ_headers, content_length,
-                    chunked, keep_alive, expect)
+    # RFC 9110 10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+    expect = version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue"
+    return _Request(method, target, raw_target, version, headers, environ_headers,
+                    content_length, chunked, keep_alive, expect)
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -528,7 +661,7 @@ class Body:
         if self.expect_continue:
             self.expect_continue = False
             if not self.response_started:
-                self.conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _fill(self) -> None:
         data = self.conn.recv(self.conn.options.socket_timeout)
@@ -591,9 +724,43 @@ class Body:
             budget = DISCARD_LIMIT
             while not self.done and budget > 0:
                 budget -= len(self._read_some(min(budget, RECV_SIZE)))
-        except (Refusal, _ClientGone, OSError):
+        except (Refusal, _ClientGone):
             return False
         return self.done
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper` (PEP 3333, "Optional Platform-Specific File Handling"): the
+    file's content in blocks of `blksize` bytes, sent like any other body (TLS has no
+    sendfile); `close()` closes the file, and the server calls it at the end."""
+
+    __slots__ = ("blksize", "filelike")
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+def _not_bytes(data: Any) -> None:
+    """PEP 3333: the body is bytes; anything else is the app's error (raised before
+    the head is sent, when it comes first)."""
+    if not isinstance(data, bytes):
+        raise TypeError(f"the app's response body holds {type(data).__name__}, not bytes "
+                        "(PEP 3333)")
 
 
 class _Response:
@@ -607,7 +774,7 @@ class _Response:
         self.headers: list = []
         self.head_sent = False
         self.status_code = 0
-        self.body_bytes = 0
+        self.body_bytes = 0  # bytes of the body handed to the client socket
         self.keep_alive = request.keep_alive
         self.length: Optional[int] = None
         self.chunked = False
@@ -634,52 +801,71 @@ class _Response:
         self.status_code = int(status[:3])
         return self.write
 
-    def _head(self) -> bytes:
-        """The status line and headers, deciding framing and keep-alive."""
+    def _head(self, whole_body: Optional[int]) -> bytes:
+        """The status line and headers, deciding framing and keep-alive; `whole_body` is
+        the body's length when the app's whole body is at hand (None while it streams).
+        Raises for an invalid Content-Length: nothing is sent then."""
         conn = self.conn
         options = conn.options
         code = self.status_code
         no_body = code in (204, 304) or code < 200
-        self.bodyless = self.bodyless or no_body
-        names = set()
+        head_request = self.bodyless
+        self.bodyless = head_request or no_body
+        has_date = has_connection = False
         lines = [f"{options.max_http_version} {self.status}\r\n"]
         capitalize = options.capitalize_response_headers
         for name, value in self.headers:
             lower = name.lower()
-            names.add(lower)
             if lower == "content-length":
-                self.length = int(value) if value.isdigit() else None
-            elif lower == "connection" and value.lower() == "close":
-                self.keep_alive = False
+                digits = value.strip(" \t")
+                if self.length is not None or not (digits.isdigit() and digits.isascii()):
+                    raise ValueError(f"invalid or repeated Content-Length {value!r}")
+                self.length = int(digits)
+            elif lower == "connection":
+                has_connection = True
+                if _has_token(value, "close"):
+                    self.keep_alive = False
+            elif lower == "date":
+                has_date = True
             lines.append(f"{_capitalize(name) if capitalize else name}: {value}\r\n")
-        if "date" not in names:
+        if not has_date:
             lines.append(f"Date: {_clock.date()}\r\n")
         if self.length is None and not no_body:
-            if self.request.version == "HTTP/1.1" and options.max_http_version == "HTTP/1.1":
+            if whole_body is not None and (whole_body or not head_request):
+                # RFC 9110 9.3.2: for HEAD only a real length, never an invented 0
+                self.length = whole_body
+                lines.append(f"Content-Length: {whole_body}\r\n")
+            elif head_request:
+                pass  # the length of a body never produced is not known: say nothing
+            elif self.request.version == "HTTP/1.1" and \
+                    options.max_http_version == "HTTP/1.1":
                 self.chunked = True
                 lines.append("Transfer-Encoding: chunked\r\n")
-            elif not self.bodyless:
+            else:
                 self.keep_alive = False  # the body ends when the connection does
         if conn.closing or not self.keep_alive:
             self.keep_alive = False
-            if "connection" not in names:
+            if not has_connection:
                 lines.append("Connection: close\r\n")
-        elif self.request.version == "HTTP/1.0":
+        elif self.request.version == "HTTP/1.0" and not has_connection:
             lines.append("Connection: keep-alive\r\n")
         lines.append("\r\n")
-        self.head_sent = True
-        self.body.response_started = True
         return "".join(lines).encode("latin-1")
 
     def write(self, data: bytes) -> None:
         """The legacy write() callable: send at once, headers first."""
         if self.status is None:
             raise AssertionError("write() before start_response()")
+        if type(data) is not bytes:
+            _not_bytes(data)
         self._send([data], final=False)
 
     def send(self, result: Iterable[bytes]) -> None:
         if type(result) is list and not self.head_sent and self.status is not None:
-            self._send(result, final=True)  # the common case: one sendall()
+            for data in result:  # the common case: checked, then one sendall()
+                if type(data) is not bytes:
+                    _not_bytes(data)
+            self._send(result, final=True)
             return
         pending: list = []
         size = 0
@@ -687,6 +873,8 @@ class _Response:
         for data in result:
             if self.status is None:
                 raise AssertionError("the app yielded data before start_response()")
+            if type(data) is not bytes:
+                _not_bytes(data)
             if not data:
                 continue
             pending.append(data)
@@ -699,42 +887,41 @@ class _Response:
         self._send(pending, final=True)
 
     def _send(self, parts: list, final: bool) -> None:
+        """Send `parts` (checked to be bytes), the head first if not sent yet. Every
+        check comes before the first byte leaves, so a failing one can still be
+        answered with a 500."""
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
         out = []
         if not self.head_sent:
-            if final and self.length is None and self.status_code >= 200 and \
-                    self.status_code not in (204, 304) and not self.headers_have_length():
-                self.length = sum(map(len, parts))
-                self.headers = [*self.headers, ("Content-Length", str(self.length))]
-            out.append(self._head())
-        if parts and not self.bodyless:
-            data = b"".join(parts) if len(parts) > 1 else parts[0]
-            if not isinstance(data, bytes):
-                raise TypeError(f"the app yielded {type(data).__name__}, not bytes")
-            self.body_bytes += len(data)
-            if self.length is not None and self.body_bytes > self.length:
+            out.append(self._head(size if final else None))
+        total = self.body_bytes
+        if size and not self.bodyless:
+            total += size
+            if self.length is not None and total > self.length:
                 self.keep_alive = False
                 raise ValueError("the app sent more bytes than its Content-Length")
             if self.chunked:
-                out += [b"%x\r\n" % len(data), data, b"\r\n"]
+                out.append(b"%x\r\n" % size)
+                out += parts
+                out.append(b"\r\n")
             else:
-                out.append(data)
+                out += parts
         if final:
             if self.chunked:
                 out.append(b"0\r\n\r\n")
-            elif self.length is not None and self.body_bytes < self.length \
-                    and not self.bodyless:
+            elif self.length is not None and total < self.length and not self.bodyless:
                 self.keep_alive = False  # the client still waits for bytes: end it
         if out:
-            self.conn.sock.sendall(b"".join(out) if len(out) > 1 else out[0])
-
-    def headers_have_length(self) -> bool:
-        return any(name.lower() == "content-length" for name, _ in self.headers)
+            self.head_sent = True
+            self.body.response_started = True
+            self.conn.send(b"".join(out) if len(out) > 1 else out[0])
+        self.body_bytes = total
 
     def fail(self) -> None:
-        """The app raised: an empty 500 if nothing was sent yet, else cut the response."""
+        """The app raised: a 500 if nothing was sent yet, else cut the response."""
         request = self.request
-        log.error("application error: %s %s", request.method, _printable(request.target),
-                  exc_info=True)
+        log.error("application error: %s %s", request.method,
+                  _printable(request.raw_target), exc_info=True)
         self._answer_instead(500)
 
     def refuse(self, refusal: Refusal) -> None:
@@ -746,6 +933,12 @@ class _Response:
         self.keep_alive = False
         if self.head_sent:
             return  # too late for another status: closing tells the client
+        self.head_sent = True
         self.status_code = status
-        with contextlib.suppress(OSError):
-            self.conn.sock.sendall(_REFUSALS[status])
+        self.body_bytes = 0
+        with contextlib.suppress(_ClientGone):
+            if self.request.method == "HEAD":  # RFC 9110 9.3.2: no content
+                self.conn.send(_REFUSAL_HEADS[status])
+            else:
+                self.conn.send(_REFUSALS[status])
+                self.body_bytes = _REFUSAL_BODY[status]

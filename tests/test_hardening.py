@@ -68,8 +68,10 @@ ABUSE = [
      400),
     ("DEL in a header name", b"GET / HTTP/1.1\r\nHost: localhost\r\nX\x7f: b\r\n\r\n", 400),
     ("space before the colon", b"GET / HTTP/1.1\r\nHost : localhost\r\n\r\n", 400),
-    ("absolute-form target", b"GET http://localhost/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
-     400),
+    ("absolute-form with userinfo", b"GET http://user@localhost/ HTTP/1.1\r\n"
+     b"Host: localhost\r\n\r\n", 400),
+    ("absolute-form, not http(s)", b"GET ftp://localhost/ HTTP/1.1\r\nHost: localhost\r\n"
+     b"\r\n", 400),
     ("authority-form target", b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost\r\n\r\n",
      400),
     ("HTTP/0.9 request", b"GET /\r\n\r\n", 400),
