@@ -24,8 +24,11 @@ is shared with the eventlet engine (`admission.py`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
+import os
 import select
 import signal
 import socket
@@ -52,6 +55,9 @@ _TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                      errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _ACCEPT_BATCH = 64  # connections accepted per wake-up before others get a turn
 _POLL_SECONDS = 0.5  # how often an idle pool thread looks at the stop flag
+_HANDOFF_SECONDS = 0.01  # a leader busy this long gets a spare polling in its place
+_WATCH_SECONDS = 0.005
+_M_ARENA_MAX = -8  # glibc malloc.h
 _IN = select.EPOLLIN | select.EPOLLONESHOT | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT | select.EPOLLONESHOT
 
@@ -60,7 +66,17 @@ PROXY, HANDSHAKE, HEAD, LINGER = "proxy", "handshake", "head", "linger"
 
 
 def prepare_process(config: ServerConfig, forked: bool = False) -> None:
-    """Nothing to prepare: no event loop to renew after fork, nothing to patch."""
+    """No event loop to renew after fork, nothing to patch; only glibc's malloc to
+    tame. It gives each thread that allocates an arena of its own (up to 8 per core),
+    and keeps what each arena once held: with a pool of threads the resident size
+    then grows with the busiest moment the worker has seen. Two arenas are plenty
+    when the GIL lets one thread run Python at a time (the usual advice for threaded
+    Python servers is MALLOC_ARENA_MAX=2; an explicit MALLOC_ARENA_MAX wins)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, 2)
 
 
 class _Conn:
@@ -109,23 +125,45 @@ class _Server:
         self.epoll.register(self.listener_fd, select.EPOLLIN | select.EPOLLONESHOT)
         self._warned_accept = False
         self._warned_full = False
+        # One thread polls at a time (the leader) and serves what it gets itself; the
+        # others wait as spares. Handing every event to another thread would make the
+        # threads take turns at the GIL for each request, which costs more than the
+        # request. When the leader is held up (a slow app, a blocking call) for
+        # HANDOFF_SECONDS, the watcher wakes a spare to poll in its place.
+        self.turn = threading.Condition(threading.Lock())
+        self.pollers = 0
+        self.busy_since: dict[int, float] = {}  # thread id -> when its current work began
         self.threads = [threading.Thread(target=self._work, name=f"securewsgi-{n}",
                                          daemon=True) for n in range(config.threads)]
+        self.watcher = threading.Thread(target=self._watch, name="securewsgi-watcher",
+                                        daemon=True)
 
     def start(self) -> None:
         for thread in self.threads:
             thread.start()
+        self.watcher.start()
 
     # ------------------------------------------------------------ the pool's loop
 
     def _work(self) -> None:
         poll = self.epoll.poll
+        turn = self.turn
+        me = threading.get_ident()
+        busy = self.busy_since
         while not self.stopped:
+            with turn:
+                while self.pollers and not self.stopped:
+                    turn.wait(_POLL_SECONDS)  # a spare: someone else polls
+                self.pollers += 1
             try:
                 events = poll(_POLL_SECONDS, 1)
             except OSError:  # the epoll set was closed at the very end
                 return
+            finally:
+                with turn:
+                    self.pollers -= 1
             for fd, _mask in events:
+                busy[me] = time.monotonic()
                 try:
                     if fd == self.listener_fd:
                         self._accept_some()
@@ -133,6 +171,26 @@ class _Server:
                         self._on_event(fd)
                 except Exception:  # never lose a pool thread
                     log.exception("unexpected error in the threads engine")
+                finally:
+                    del busy[me]
+
+    def _watch(self) -> None:
+        """Wake a spare to poll when nobody polls because every working thread has
+        been at its work for HANDOFF_SECONDS (a blocking app, a slow client)."""
+        busy = self.busy_since
+        while not self.stopped:
+            time.sleep(_WATCH_SECONDS)
+            if self.pollers or not busy:
+                continue
+            try:
+                newest = max(busy.values())
+            except ValueError:  # emptied meanwhile
+                continue
+            if time.monotonic() - newest >= _HANDOFF_SECONDS and \
+                    len(busy) < len(self.threads):
+                with self.turn:
+                    if not self.pollers:
+                        self.turn.notify()
 
     def _on_event(self, fd: int) -> None:
         conn = self.conns.get(fd)
@@ -488,6 +546,8 @@ class _Server:
 
     def close(self) -> None:
         self.stopped = True
+        with self.turn:
+            self.turn.notify_all()
         for thread in self.threads:
             thread.join(_POLL_SECONDS * 2)
         self.epoll.close()
