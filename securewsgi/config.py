@@ -64,6 +64,7 @@ class ServerConfig:
     threads: int = 64
     max_handshakes: int = 256
     max_handshakes_per_ip: int = 64
+    worker_timeout: float = 60.0  # a worker whose loop is stuck this long is replaced
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ class LoggingConfig:
     level: str = "INFO"
     access_log: Union[str, Path, None] = "-"
     format: str = "text"
+    # A logging.config file (dictConfig YAML/JSON or fileConfig INI) that replaces
+    # securewsgi's own error-log handler, for sites that route logs their own way.
+    config_file: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -524,6 +528,7 @@ def _read_server(source: Path, raw: Any) -> ServerConfig:
         max_handshakes=s.take("max_handshakes", int_in(1, 1_000_000), d.max_handshakes),
         max_handshakes_per_ip=s.take("max_handshakes_per_ip", int_in(0, 1_000_000),
                                      d.max_handshakes_per_ip),
+        worker_timeout=s.take("worker_timeout", seconds(allow_zero=True), d.worker_timeout),
     )
     if cfg.engine == "threads" and cfg.monkey_patch and monkey_patch_given:
         raise s.error("monkey_patch", "applies to the eventlet engine only; remove it (or "
@@ -830,12 +835,25 @@ def _access_log(source: Path) -> Parser:
 def _read_logging(source: Path, raw: Any) -> LoggingConfig:
     s = _Section(source, "logging", raw)
     d = LoggingConfig()
+    level_given = s.has("level")
     cfg = LoggingConfig(
         level=s.take("level", one_of(*LOG_LEVELS, case_insensitive=True), d.level),
         access_log=s.take("access_log", _access_log(source), d.access_log),
         format=s.take("format", one_of("text", "json"), d.format),
+        config_file=s.take_path("config_file"),
     )
     s.finish()
+    if cfg.config_file is not None:
+        if level_given:
+            # The file sets the levels; a second, silently ignored level would mislead.
+            raise s.error("level", "has no effect with logging.config_file: set the "
+                          "levels in that file")
+        from .logs import read_logging_file  # logs imports this module
+
+        try:
+            read_logging_file(cfg.config_file)
+        except ValueError as exc:
+            raise s.error("config_file", f"{cfg.config_file}: {exc}") from None
     return cfg
 
 
@@ -852,8 +870,50 @@ _SECTIONS: dict[str, Callable[[Path, Any], Any]] = {
 # ------------------------------------------------------------------------- loading
 
 
-def load_config(path: Union[str, Path], environ: Optional[Mapping[str, str]] = None) -> Config:
-    """Load and validate a service file; raise `ConfigError` with a one-line cause."""
+Overrides = Mapping[str, Mapping[str, Any]]
+
+# Overriding a canonical key also drops the file's alias of it: the command line
+# replaces the value, it does not give the same setting twice.
+_OVERRIDE_REPLACES = {
+    "tls": {"certfile": ("cert_file",), "keyfile": ("key_file",), "ca_certs": ("ca_file",),
+            "mode": ("cert_reqs",), "min_version": ("ssl_version", "version")},
+}
+
+
+def load_config(path: Union[str, Path], environ: Optional[Mapping[str, str]] = None,
+                overrides: Optional[Overrides] = None) -> Config:
+    """Load and validate a service file; raise `ConfigError` with a one-line cause.
+
+    `overrides` ({"server": {"port": 9443}, ...}) replace the file's values before
+    validation, so a value from the command line is checked exactly as one from the
+    file. They are not `${VAR}`-expanded, and a relative path in them is resolved
+    against the config file's directory: callers pass absolute paths.
+    """
+    source, data = read_sections(path, environ)
+    return config_from_dict(source, apply_overrides(data, overrides or {}))
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """A copy of the raw sections with `overrides` merged in key by key."""
+    merged = dict(data)
+    for name, values in overrides.items():
+        section = merged.get(name)
+        if section is None:
+            section = {}
+        if not isinstance(section, Mapping):
+            continue  # validation reports the malformed section itself
+        section = dict(section)
+        for key, value in values.items():
+            for alias in _OVERRIDE_REPLACES.get(name, {}).get(key, ()):
+                section.pop(alias, None)
+            section[key] = value
+        merged[name] = section
+    return merged
+
+
+def read_sections(path: Union[str, Path], environ: Optional[Mapping[str, str]] = None
+                  ) -> tuple[Path, dict[str, Any]]:
+    """(absolute path, raw env-expanded sections) of a service file, not yet validated."""
     source = Path(os.path.abspath(os.fspath(path)))
     environ = os.environ if environ is None else environ
     try:
@@ -871,7 +931,7 @@ def load_config(path: Union[str, Path], environ: Optional[Mapping[str, str]] = N
         raise ConfigError(
             source, None, "unknown file type: name it .yaml/.yml (YAML) or .ini/.conf/.cfg (INI)"
         )
-    return config_from_dict(source, _expand_tree(data, environ, "", source))
+    return source, _expand_tree(data, environ, "", source)
 
 
 def config_from_dict(source: Path, data: Mapping[str, Any]) -> Config:

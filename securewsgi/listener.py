@@ -2,7 +2,7 @@
 
 Engine-neutral and done once, before any fork, so workers share one socket. Binding
 never uses SO_REUSEPORT: a second server on the same port must fail loudly with
-"port in use", not silently share the traffic (FACTS 9).
+"port in use", not silently share the traffic.
 """
 from __future__ import annotations
 

@@ -11,9 +11,11 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__, engines
+from . import __version__, engines, systemd
 from .accesslog import make_writer
 from .appload import load_app
 from .config import Config, ServerConfig
@@ -23,6 +25,7 @@ from .listener import bind_listener
 from .logs import setup_logging
 from .middleware import IdentityMiddleware
 from .reload import TLSReloader
+from .supervisor import Heart, Supervisor
 from .tls import ServerTLS, build_server_tls
 
 log = logging.getLogger("securewsgi.server")
@@ -42,18 +45,47 @@ def prepare(config: Config) -> tuple:
     return tls, app
 
 
-def serve(config: Config) -> int:
+@dataclass
+class _Launch:
+    """What this process was started with besides the config: systemd's notify socket
+    and its inherited listening socket (socket activation), and a pid file to write
+    once listening. A forked worker gets a silent one: only the process systemd
+    started may report to it."""
+
+    notifier: systemd.Notifier
+    activated: Optional[socket.socket] = None
+    pid_file: Optional[PidFile] = None
+
+
+def serve(config: Config, pid_file: Optional[Path] = None) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code.
 
     One worker runs in this process. More are forked by the supervisor after the TLS
     material was checked and the socket bound here, so a mistake in either is reported
     once, before any worker starts; each worker then imports the app itself.
+    `pid_file` is refused at once when it names a running process, written once the
+    socket is bound, and removed at exit.
     """
     setup_logging(config.logging)
-    if config.server.workers == 1:
-        return _run_worker(config, None, None, forked=False)
+    pid = PidFile(pid_file) if pid_file is not None else None
+    if pid is not None:
+        pid.refuse_live()
+    status = systemd.describe(config.server.workers, config.tls.mode, config.server.engine)
+    launch = _Launch(systemd.Notifier.from_environment(status), systemd.listen_socket(), pid)
+    try:
+        if config.server.workers == 1:
+            return _run_worker(config, None, None, forked=False, launch=launch)
+        return _supervise(config, launch)
+    finally:
+        if pid is not None:
+            pid.remove()
+
+
+def _supervise(config: Config, launch: _Launch) -> int:
+    """`workers: N > 1`: bind here, fork the workers, and speak to systemd for them."""
     tls = build_server_tls(config.tls, config.source)
-    listener = _bind_and_announce(config, tls)
+    listener = _bind_and_announce(config, tls, launch)
+    notifier = launch.notifier
     # The supervisor keeps the last good TLS material too (reloading as the workers
     # do), and a worker it forks starts from that copy instead of the files: if the
     # files on disk are broken right then, a replacement worker still serves.
@@ -61,19 +93,32 @@ def serve(config: Config) -> int:
     periodic = []
     if config.tls.reload_interval > 0 and config.tls.enabled:
         periodic.append((config.tls.reload_interval, reloader.poll))
-    from .supervisor import Supervisor
+    if notifier.watchdog_interval is not None:  # systemd watches this loop; it watches ours
+        periodic.append((notifier.watchdog_interval, notifier.watchdog))
+
+    def on_stop() -> None:
+        notifier.stopping()
+        listener.close()
+
+    def on_reload() -> None:
+        notifier.reloading()
+        notifier.reloaded(reloader.reload("SIGHUP"))
 
     supervisor = Supervisor(config.server.workers,
-                            lambda: _worker_main(config, listener, reloader),
-                            config.server.shutdown_timeout, on_stop=listener.close,
-                            on_reload=lambda: reloader.reload("SIGHUP"), periodic=periodic)
+                            lambda heart: _worker_main(config, listener, reloader, heart),
+                            config.server.shutdown_timeout, on_stop=on_stop,
+                            on_reload=on_reload, periodic=periodic,
+                            worker_timeout=config.server.worker_timeout,
+                            on_ready=notifier.ready, on_event=notifier.event)
     return supervisor.run()
 
 
-def _worker_main(config: Config, listener: socket.socket, reloader: TLSReloader) -> int:
+def _worker_main(config: Config, listener: socket.socket, reloader: TLSReloader,
+                 heart: Heart) -> int:
     """A forked worker: report configuration problems as the one-line errors they are."""
     try:
-        return _run_worker(config, listener, reloader.for_worker(), forked=True)
+        return _run_worker(config, listener, reloader.for_worker(), forked=True,
+                           launch=_Launch(systemd.Notifier(None)), heart=heart)
     except (ConfigError, StartupError) as exc:
         log.error("%s", exc)
         return exc.exit_code
@@ -103,7 +148,10 @@ class _EarlySignals:
 
 
 def _run_worker(config: Config, listener: Optional[socket.socket],
-                reloader: Optional[TLSReloader], forked: bool) -> int:
+                reloader: Optional[TLSReloader], forked: bool, launch: _Launch,
+                heart: Optional[Heart] = None) -> int:
+    """Serve in this process. `heart`, in a forked worker, tells the supervisor the
+    worker serves and then, from the engine's loop, that the loop still turns."""
     early_signals = _EarlySignals()
     engine = engines.load(config.server.engine)  # late: only serving needs an engine
     engine.prepare_process(config.server, forked=forked)  # before the app is imported
@@ -113,12 +161,25 @@ def _run_worker(config: Config, listener: Optional[socket.socket],
     else:
         app = build_pipeline(load_app(config.app, config.source), config)
     if listener is None:
-        listener = _bind_and_announce(config, reloader.current)
+        listener = _bind_and_announce(config, reloader.current, launch)
     access_log = make_writer(config.logging.access_log, config.logging.format,
                              config.server.log_x_forwarded_for)
     every = []
     if config.tls.reload_interval > 0 and config.tls.enabled:
         every.append((config.tls.reload_interval, reloader.poll))
+    notifier = launch.notifier
+    if notifier.watchdog_interval is not None:
+        every.append((notifier.watchdog_interval, notifier.watchdog))
+    at_start: list[Callable[[], None]] = [notifier.ready]
+    if notifier.enabled:
+        at_start.append(lambda: _before_stop_signals(notifier.stopping))
+    if heart is not None:
+        # Stop signals first: once the supervisor has seen a beat, a SIGTERM to this
+        # worker alone marks it as draining, not stuck.
+        at_start += [lambda: _before_stop_signals(heart.stopping), heart.beat]
+        if config.server.worker_timeout > 0:
+            every.append((heartbeat_interval(config.server), heart.beat))
+    at_start.append(early_signals.replay)  # last: a replayed SIGTERM finds it all set
 
     def on_sighup() -> None:
         # Each part of a SIGHUP on its own: a log file that cannot be reopened must
@@ -129,37 +190,80 @@ def _run_worker(config: Config, listener: Optional[socket.socket],
             except OSError as exc:
                 log.error("SIGHUP: cannot reopen the access log %s (%s); still writing "
                           "to the previous file", access_log.target, exc.strerror or exc)
-        reloader.reload("SIGHUP")
+        notifier.reloading()
+        notifier.reloaded(reloader.reload("SIGHUP"))
 
     proxy_from = None
     if config.server.proxy_protocol:
         proxy_from = TrustedProxies(config.identity.trusted_proxies).__contains__
-    return engine.run(listener, app, config.server, reloader.material, access_log=access_log,
-                      proxy_from=proxy_from,
-                      on_signal={signal.SIGHUP: on_sighup}, every=every,
-                      at_start=[early_signals.replay])
+    try:
+        return engine.run(listener, app, config.server, reloader.material,
+                          access_log=access_log, proxy_from=proxy_from,
+                          on_signal={signal.SIGHUP: on_sighup}, every=every,
+                          at_start=at_start)
+    finally:
+        notifier.stopping()  # once: after a signal, the chained handler already said it
 
 
-def _bind_and_announce(config: Config, tls: ServerTLS) -> socket.socket:
-    listener = bind_listener(config.server.host, config.server.port, config.server.backlog)
-    for line in summary_lines(config, tls, listener.getsockname()[1]):
+def heartbeat_interval(server: ServerConfig) -> float:
+    """How often a worker's loop tells the supervisor it still turns: often enough that
+    a healthy worker is never taken for a stuck one, at most once a second."""
+    return min(1.0, server.worker_timeout / 4)
+
+
+def _before_stop_signals(task: Callable[[], None]) -> None:
+    """Run `task` (STOPPING=1) when SIGTERM/SIGINT arrive, then the engine's handler.
+
+    The engines stop on these signals themselves; wrapping the handlers they installed
+    (this runs at start, after them) tells systemd at once, without a hook in them.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        engine_handler = signal.getsignal(signum)
+        if not callable(engine_handler):
+            continue
+
+        def handler(signo: int, frame: Any, engine_handler: Callable = engine_handler) -> None:
+            task()
+            engine_handler(signo, frame)
+
+        signal.signal(signum, handler)
+
+
+def _bind_and_announce(config: Config, tls: ServerTLS, launch: _Launch) -> socket.socket:
+    """The listening socket (systemd's, or bound here), then the pid file, then the
+    start-up lines: a "listening on" line means the pid file is in place."""
+    if launch.activated is not None:
+        listener, origin = launch.activated, " (socket from systemd)"
+    else:
+        listener = bind_listener(config.server.host, config.server.port,
+                                 config.server.backlog)
+        origin = ""
+    if launch.pid_file is not None:
+        launch.pid_file.write()
+    host, port = listener.getsockname()[:2]
+    shown_host = host if launch.activated is not None else None
+    for line in summary_lines(config, tls, port, host=shown_host, origin=origin):
         log.info("%s", line)
-    for warning in tls.warnings + tuple(plain_http_warnings(config)):
+    for warning in tls.warnings + tuple(plain_http_warnings(config, host=shown_host)):
         log.warning("%s", warning)
     return listener
 
 
-def url(config: Config, port: int) -> str:
+def url(config: Config, port: int, host: Optional[str] = None) -> str:
     scheme = "https" if config.tls.enabled else "http"
-    host = config.server.host
+    host = config.server.host if host is None else host
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def summary_lines(config: Config, tls: ServerTLS, port: int) -> list[str]:
-    """What is about to be served, for the start-up log and `--check`."""
+def summary_lines(config: Config, tls: ServerTLS, port: int, host: Optional[str] = None,
+                  origin: str = "") -> list[str]:
+    """What is about to be served, for the start-up log and `--check`. `host` is the
+    address actually listened on when it differs from the config's (socket activation);
+    `origin` says where the socket came from."""
     s = config.server
     lines = [
-        f"securewsgi {__version__} listening on {url(config, port)} (pid {os.getpid()}, "
+        f"securewsgi {__version__} listening on {url(config, port, host)}{origin} "
+        f"(pid {os.getpid()}, "
         f"{s.workers} worker(s), engine {_engine_text(s)}, max {s.max_connections} "
         f"connections each)",
         f"tls: mode={tls.mode} versions={tls.versions} handshake_timeout={s.handshake_timeout:g}s",
@@ -192,10 +296,11 @@ def _engine_text(server: ServerConfig) -> str:
     return f"eventlet ({'monkey-patched' if server.monkey_patch else 'not monkey-patched'})"
 
 
-def plain_http_warnings(config: Config) -> list[str]:
-    if config.tls.enabled or _is_loopback(config.server.host):
+def plain_http_warnings(config: Config, host: Optional[str] = None) -> list[str]:
+    host = config.server.host if host is None else host
+    if config.tls.enabled or _is_loopback(host):
         return []
-    return [f"tls.mode is none: serving plain HTTP on {config.server.host}, which is not "
+    return [f"tls.mode is none: serving plain HTTP on {host}, which is not "
             "loopback; credentials and identities travel unencrypted"]
 
 
@@ -206,3 +311,75 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class PidFile:
+    """`--pid FILE`: this process's pid, for tools that still want one.
+
+    Written once the socket is bound (its presence means "serving"), atomically (a
+    reader never sees half a number), and removed at exit only while it still names
+    this process. A file naming a running process refuses the start: two servers
+    would otherwise fight over it. One naming a dead process is stale and replaced.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(os.path.abspath(path))
+        self.written = False
+
+    def refuse_live(self) -> None:
+        """Raise StartupError when the file names another running process, or cannot
+        be written; checked before binding, so a refused start touches nothing."""
+        if not os.access(self.path.parent, os.W_OK):
+            raise StartupError(f"pid file {self.path}: cannot write to {self.path.parent} "
+                               "(missing or not writable)")
+        pid = self._read()
+        if pid is None or pid == os.getpid():
+            return
+        if _running(pid):
+            raise StartupError(f"pid file {self.path} names pid {pid}, which is running: "
+                               "is this service already started? (if that process is "
+                               "something else, remove the file)")
+        log.info("pid file %s names pid %d, which is not running: replacing it",
+                 self.path, pid)
+
+    def write(self) -> None:
+        self.refuse_live()  # again: another server may have started since
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            staging.write_text(f"{os.getpid()}\n")
+            os.replace(staging, self.path)
+        except OSError as exc:
+            staging.unlink(missing_ok=True)
+            raise StartupError(f"pid file {self.path}: cannot write it "
+                               f"({exc.strerror or exc})") from None
+        self.written = True
+
+    def remove(self) -> None:
+        try:
+            if self.written and self._read() == os.getpid():
+                self.path.unlink()
+        except (OSError, StartupError) as exc:
+            log.warning("cannot remove the pid file %s (%s)", self.path,
+                        getattr(exc, "strerror", None) or exc)
+
+    def _read(self) -> Optional[int]:
+        """The pid in the file; None when there is no file or no number in it (a
+        file left half-written by something else is as good as stale)."""
+        try:
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StartupError(f"pid file {self.path}: cannot read it "
+                               f"({exc.strerror or exc})") from None
+        return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True

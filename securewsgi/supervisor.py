@@ -2,8 +2,14 @@
 
 The supervisor binds nothing and imports no engine: the caller binds the socket once,
 and each worker is forked and then starts its own engine. The supervisor only passes
-signals on, restarts a worker that dies (with back-off, logged), keeps the last good
-TLS material for the workers it forks, and stops everything on SIGTERM/SIGINT.
+signals on, restarts a worker that dies (with back-off, logged), replaces a worker
+whose loop has stopped turning (`server.worker_timeout`), keeps the last good TLS
+material for the workers it forks, and stops everything on SIGTERM/SIGINT.
+
+Each worker's loop writes the time into its slot of a shared page (`Heartbeats`)
+from a periodic task; the first write also says "I am serving", which is how the
+supervisor knows when every worker serves (systemd's READY=1 comes from here, since
+systemd listens to the main process only).
 
 Signals are taken synchronously with `sigtimedwait` (blocked, not handled), so there is
 no handler racing with the main loop; workers unblock them right after `fork()`.
@@ -12,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
+import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +37,49 @@ STABLE_AFTER = 10.0  # a worker that lived this long resets the back-off
 KILL_GRACE = 5.0  # beyond shutdown_timeout, before SIGKILL
 
 
+class Heartbeats:
+    """One double per worker slot in an anonymous shared mapping, inherited by fork:
+    the CLOCK_MONOTONIC time at which the worker's loop last ran a periodic task, or
+    0 while it has not started serving. Memory, unlike gunicorn's touched temp file:
+    no disk writes, nothing to clean up; the monotonic clock is system-wide, so the
+    supervisor can compare a worker's time with its own."""
+
+    def __init__(self, count: int) -> None:
+        self._map = mmap.mmap(-1, 8 * count)  # MAP_SHARED | MAP_ANONYMOUS
+
+    def reset(self, slot: int) -> None:
+        struct.pack_into("d", self._map, 8 * (slot - 1), 0.0)
+
+    def beat(self, slot: int) -> None:
+        struct.pack_into("d", self._map, 8 * (slot - 1), time.monotonic())
+
+    def stopping(self, slot: int) -> None:
+        """A graceful stop began: the loop may stop turning while requests drain."""
+        struct.pack_into("d", self._map, 8 * (slot - 1), float("inf"))
+
+    def last(self, slot: int) -> float:
+        return struct.unpack_from("d", self._map, 8 * (slot - 1))[0]
+
+
+class Heart:
+    """A worker's side of its heartbeat slot."""
+
+    def __init__(self, heartbeats: Heartbeats, slot: int) -> None:
+        self._heartbeats, self._slot = heartbeats, slot
+        self._stopping = False
+
+    def beat(self) -> None:
+        """Serving, and the loop turns (the first call says "serving")."""
+        if not self._stopping:
+            self._heartbeats.beat(self._slot)
+
+    def stopping(self) -> None:
+        """Stopping gracefully (e.g. a SIGTERM sent to this worker alone): draining
+        requests is not being stuck. Final: a beat still due must not undo it."""
+        self._stopping = True
+        self._heartbeats.stopping(self._slot)
+
+
 @dataclass
 class Worker:
     slot: int
@@ -36,15 +87,20 @@ class Worker:
     started: float = 0.0
     restart_at: Optional[float] = None
     backoff: float = MIN_BACKOFF
+    stuck_for: Optional[float] = None  # set when the watchdog killed it
 
 
 class Supervisor:
-    """Keeps `count` workers running `target()` (which returns the exit code)."""
+    """Keeps `count` workers running `target(heart)`, which returns the exit code and
+    calls `heart.beat()` once it serves and then periodically from its loop."""
 
-    def __init__(self, count: int, target: Callable[[], int], shutdown_timeout: float,
+    def __init__(self, count: int, target: Callable[[Heart], int], shutdown_timeout: float,
                  on_stop: Callable[[], None] = lambda: None,
                  on_reload: Callable[[], None] = lambda: None,
-                 periodic: Sequence[tuple[float, Callable[[], None]]] = ()) -> None:
+                 periodic: Sequence[tuple[float, Callable[[], None]]] = (),
+                 worker_timeout: float = 0.0,
+                 on_ready: Callable[[], None] = lambda: None,
+                 on_event: Callable[[str], None] = lambda text: None) -> None:
         self.workers = [Worker(slot) for slot in range(1, count + 1)]
         self.target = target
         self.shutdown_timeout = shutdown_timeout
@@ -52,6 +108,11 @@ class Supervisor:
         self.on_reload = on_reload
         self.periodic = [[seconds, time.monotonic() + seconds, task]
                          for seconds, task in periodic]
+        self.worker_timeout = worker_timeout
+        self.on_ready = on_ready
+        self.on_event = on_event
+        self.heartbeats = Heartbeats(count)
+        self.ready = False
         self.stop_deadline: Optional[float] = None
         self.exit_code = 0
 
@@ -61,11 +122,13 @@ class Supervisor:
         for worker in self.workers:
             self._spawn(worker)
         while True:
-            info = signal.sigtimedwait(WATCHED, 0.5)
+            info = signal.sigtimedwait(WATCHED, self._wait_seconds())
             if info is not None and info.si_signo != signal.SIGCHLD:
                 self._on_signal(signal.Signals(info.si_signo))
             self._reap()
             if self.stop_deadline is None:
+                self._check_ready()
+                self._kill_stuck()
                 self._run_periodic()
                 self._restart_due()
             elif not self._alive():
@@ -74,9 +137,21 @@ class Supervisor:
             elif time.monotonic() > self.stop_deadline:
                 self._kill_stragglers()
 
+    def _wait_seconds(self) -> float:
+        """How long the loop may sleep: short until every worker serves (READY=1
+        should not lag), no longer than the shortest periodic task (WATCHDOG=1), and a
+        fraction of worker_timeout so a stuck worker is replaced close to it."""
+        if not self.ready:
+            return 0.05
+        shortest = min([0.5, *(seconds for seconds, _due, _task in self.periodic)])
+        if self.worker_timeout > 0:
+            return min(shortest, self.worker_timeout / 4)
+        return shortest
+
     # ------------------------------------------------------------------- workers
 
     def _spawn(self, worker: Worker) -> None:
+        self.heartbeats.reset(worker.slot)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -86,7 +161,7 @@ class Supervisor:
                 # SIGTERM/SIGINT/SIGHUP stay blocked until the worker has handlers for
                 # them (server._EarlySignals unblocks them), so none is lost or fatal.
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
-                code = self.target()
+                code = self.target(Heart(self.heartbeats, worker.slot))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -96,7 +171,39 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         worker.pid, worker.started, worker.restart_at = pid, time.monotonic(), None
+        worker.stuck_for = None
         log.info("worker %d started (pid %d)", worker.slot, pid)
+
+    def _check_ready(self) -> None:
+        """Once every worker has said it serves: `on_ready` (READY=1), once."""
+        if not self.ready and all(w.pid and self.heartbeats.last(w.slot) > 0
+                                  for w in self.workers):
+            self.ready = True
+            self.on_ready()
+
+    def _kill_stuck(self) -> None:
+        """SIGKILL a serving worker whose loop has not beaten for worker_timeout.
+
+        SIGKILL at once, not SIGTERM first: a graceful stop needs the very loop that
+        is stuck, and its in-flight requests are lost either way. Start-up (importing
+        the app) is not timed: the clock starts at the worker's first beat.
+        """
+        if self.worker_timeout <= 0:
+            return
+        now = time.monotonic()
+        for worker in self._alive():
+            last = self.heartbeats.last(worker.slot)
+            if last <= 0 or worker.stuck_for is not None or now - last <= self.worker_timeout:
+                continue
+            worker.stuck_for = now - last
+            log.error("worker %d (pid %d) is stuck: its loop has not run for %.1fs "
+                      "(server.worker_timeout %gs); killing it (SIGKILL) and starting "
+                      "another", worker.slot, worker.pid, worker.stuck_for,
+                      self.worker_timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            self.on_event(f"worker {worker.slot} replaced at {time.strftime('%H:%M:%S')} "
+                          f"(stuck {worker.stuck_for:.0f}s)")
 
     def _reap(self) -> None:
         while True:
@@ -128,6 +235,10 @@ class Supervisor:
         worker.backoff = MIN_BACKOFF if lived > STABLE_AFTER else min(
             MAX_BACKOFF, worker.backoff * 2)
         worker.restart_at = time.monotonic() + worker.backoff
+        if worker.stuck_for is not None:  # the ERROR above said why
+            log.info("worker %d ended (%s); restarting in %.1fs", worker.slot, how,
+                     worker.backoff)
+            return
         if refused:
             # Losing one worker must never stop a service that others still serve.
             log.error("worker %d refused the configuration (see its error above); "

@@ -10,12 +10,11 @@ import contextlib
 import logging
 import resource
 import socket
-import sys
 import time
 from typing import Any, Optional
 
 from ..config import ServerConfig
-from ..logs import RateLimitedLog
+from ..logs import WSGI_ERRORS, RateLimitedLog
 from ..proxyprotocol import ProxyHeaderError
 from ..proxyprotocol import read_header as read_proxy_header
 from ..tlsfacts import PROXIED_BY_KEY, handshake_failure_reason
@@ -50,7 +49,7 @@ def base_environ(listener: socket.socket, config: ServerConfig) -> dict[str, Any
     host, port = listener.getsockname()[:2]
     return {
         "wsgi.version": (1, 0),
-        "wsgi.errors": sys.stderr,
+        "wsgi.errors": WSGI_ERRORS,
         "wsgi.multithread": True,
         "wsgi.multiprocess": config.workers > 1,
         "wsgi.run_once": False,
