@@ -3,11 +3,13 @@
 A benchmark run never installs anything; it names the command instead. This is that
 command. Each step prints what it runs:
 
-1. Debian packages nginx, apache2-utils (ab) and libssl-dev (uwsgi's --https), when
-   one is missing and we are root (otherwise the apt-get line is printed to run);
+1. Debian packages nginx, wrk, apache2-utils (ab), apache2 + apache2-dev (mod_wsgi
+   builds against them), gcc + libssl-dev (uwsgi's --https, bench/wrkcert.c), when one
+   is missing and we are root (otherwise the apt-get line is printed to run);
 2. bench/requirements.txt into this interpreter's environment (cheroot, uwsgi,
-   matplotlib, py-spy);
-3. one venv per gunicorn version under bench/.venvs/ (they cannot share one).
+   mod_wsgi, matplotlib, py-spy);
+3. one venv per gunicorn version under bench/.venvs/ (they cannot share one);
+4. bench/.build/wrkcert.so, the client-certificate shim for wrk.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import wrk
 from .targets import BENCH_DIR, VENVS_DIR
 
-APT_PACKAGES = {"nginx": "nginx", "ab": "apache2-utils"}
+APT_PACKAGES = {"nginx": "nginx", "ab": "apache2-utils", "wrk": "wrk", "apache2": "apache2",
+                "apxs": "apache2-dev", "gcc": "gcc"}
 OPENSSL_HEADER = Path("/usr/include/openssl/ssl.h")
 VENVS = {
     "gunicorn-eventlet": BENCH_DIR / "requirements-gunicorn-eventlet.txt",
@@ -38,7 +42,8 @@ def _run(argv: list[str]) -> bool:
 
 
 def missing_apt_packages() -> list[str]:
-    packages = [pkg for tool, pkg in APT_PACKAGES.items() if shutil.which(tool) is None]
+    packages = [pkg for tool, pkg in APT_PACKAGES.items()
+                if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()]
     if not OPENSSL_HEADER.exists():
         packages.append("libssl-dev")
     return packages
@@ -73,5 +78,9 @@ def run_setup() -> int:
                str(BENCH_DIR / "requirements.txt")]) and ok
     for name, requirements in VENVS.items():
         ok = create_venv(name, requirements) and ok
+    problem = wrk.build_shim()
+    if problem:
+        print(f"setup: {problem}", file=sys.stderr)
+    ok = problem is None and ok
     print("setup: done" if ok else "setup: some steps failed (see above)")
     return 0 if ok else 1

@@ -1,6 +1,7 @@
-"""A small mutual-TLS HTTP/1.1 client for what `ab` cannot measure.
+"""A small mutual-TLS HTTP/1.1 client for what wrk cannot measure.
 
-`ab` (C, one core) drives the throughput runs; this asyncio client does the rest:
+wrk (C, bench/wrk.py) drives the throughput and latency runs; this asyncio client does
+the rest:
 
 * ``probe``  one GET on a new connection (with or without a client certificate), to
   check that a target is up, answers the right body and really requires a certificate;
@@ -11,7 +12,7 @@
 * ``silent`` time fresh clients on a quiet server, open M TCP connections that send
   nothing, time fresh clients again;
 * ``load``   HTTP/1.1 keep-alive (or one request per connection) throughput and
-  latency with C connections: the fallback when `ab` is not installed. Python is
+  latency with C connections: the fallback when wrk is not installed. Python is
   slower than the fastest servers here, so its numbers are only valid below its
   own ceiling (the harness reports its CPU use next to each run).
 

@@ -13,12 +13,12 @@ import re
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from . import procs
-from .targets import REPO_DIR, Env
+from . import procs, wrk
+from .targets import BLOCKING_SLEEP, REPO_DIR, SERVER_NAME, Env
 
 # Leave this much headroom past a run's own duration before killing the client.
 GRACE_SECONDS = 30.0
@@ -36,13 +36,18 @@ class Plan:
     warmup: float = 2.0
     repeat: int = 3
     concurrency: int = 50
-    idle_counts: tuple[int, ...] = (1000, 5000, 10000)
+    # latency at a fixed offered rate: this share of the slowest target's keep-alive
+    # capacity (median, same run), offered to every target
+    rate_share: float = 0.5
+    rate: Optional[float] = None  # fixed rate (req/s) instead of the share
+    blocking_clients: int = 32
+    idle_counts: tuple[int, ...] = (1000, 10000)
     silent_count: int = 50
     fresh_samples: int = 9
     fresh_timeout: float = 5.0
     connect_timeout: float = 10.0
     profile_seconds: float = 10.0
-    client: str = "ab"          # "ab" or "python" (bench/loadgen.py)
+    client: str = "wrk"         # "wrk", "ab" or "python" (bench/loadgen.py)
     server_cpus: str = "0"
     client_cpus: str = "1"
     quick: bool = False
@@ -53,7 +58,7 @@ class Running:
     """A started, verified server: what the measurements need to reach it."""
 
     name: str  # the run id, e.g. securewsgi-r0
-    process: procs.Process
+    process: procs.Group
     port: int
     target: str
 
@@ -77,27 +82,56 @@ def loadgen_argv(env: Env, mode: str, port: int, *options: str) -> list[str]:
             "--cert", str(env.client_cert), "--key", str(env.client_key), *options]
 
 
+def url(port: int) -> str:
+    return f"https://127.0.0.1:{port}/"
+
+
 def throughput_argv(env: Env, port: int, plan: Plan, duration: float,
-                    keepalive: bool) -> list[str]:
+                    keepalive: bool, connections: Optional[int] = None) -> list[str]:
     """The load generator's command for one throughput run (before pinning)."""
+    connections = connections or plan.concurrency
+    if plan.client == "wrk":
+        argv = wrk.argv(url(port), connections, duration, plan.connect_timeout,
+                        new_connections=not keepalive)
+        # Host as every other client sends it (mod_wsgi-express answers 403 to others)
+        return [*argv[:-1], "-H", f"Host: {SERVER_NAME}", argv[-1]]
     if plan.client == "ab":
-        return ab_argv(env, f"https://127.0.0.1:{port}/", plan, duration, keepalive)
-    return loadgen_argv(env, "load", port, "--connections", str(plan.concurrency),
+        return ab_argv(env, url(port), replace(plan, concurrency=connections), duration,
+                       keepalive)
+    return loadgen_argv(env, "load", port, "--connections", str(connections),
                         "--duration", f"{duration:g}", "--timeout", f"{plan.connect_timeout:g}",
                         *([] if keepalive else ["--new-connection"]))
 
 
 def throughput(env: Env, server: Running, plan: Plan, keepalive: bool,
-               duration: Optional[float] = None, tag: str = "") -> dict[str, Any]:
-    """Requests/s and latency percentiles for one run (keep-alive or new connections)."""
+               duration: Optional[float] = None, tag: str = "",
+               rate: Optional[float] = None, connections: Optional[int] = None,
+               ) -> dict[str, Any]:
+    """Requests/s, latency percentiles and server CPU per request for one run
+    (keep-alive or new connections; with `rate`, keep-alive paced to that rate)."""
     duration = duration or plan.duration
-    argv = throughput_argv(env, server.port, plan, duration, keepalive)
+    if rate and plan.client != "wrk":
+        return {"error": "latency at a fixed rate needs wrk (bench/wrk_report.lua paces it)"}
+    argv = throughput_argv(env, server.port, plan, duration, keepalive, connections)
+    environment = wrk.environment(env, rate) if plan.client == "wrk" else None
     cpu_before, ticks_before = server.process.cpu_seconds(), procs.cpu_ticks()
     done = procs.run_bounded(procs.pinned(plan.client_cpus, argv), duration + GRACE_SECONDS,
-                             env.workdir, f"{server.name}-{tag or 'load'}", cwd=REPO_DIR)
+                             env.workdir, f"{server.name}-{tag or 'load'}", cwd=REPO_DIR,
+                             env=environment)
     server_cpu = server.process.cpu_seconds() - cpu_before
     shares = procs.cpu_shares(ticks_before, procs.cpu_ticks())
-    result = parse_ab(done.stdout) if plan.client == "ab" else parse_loadgen(done.stdout)
+    parsers = {"wrk": lambda: wrk.parse(done.stdout, done.stderr,
+                                        connections or plan.concurrency),
+               "ab": lambda: parse_ab(done.stdout), "python": lambda: parse_loadgen(done.stdout)}
+    result = parsers[plan.client]()
+    read_errors = (result.get("errors") or {}).get("read", 0)
+    if plan.client == "wrk" and not keepalive and read_errors:
+        # A server that closes after its answer without saying `Connection: close`
+        # (uWSGI's router) makes wrk send its next request on the closed connection:
+        # a read error, then the reconnect. Not a failed request: the handshake count
+        # shows each request still had its own connection.
+        result["read_errors"] = read_errors
+        result["failed"] = max(0, (result.get("failed") or 0) - read_errors)
     if result.get("rps") is None:
         result["error"] = _failure(done)
     wall = max(done.wall_seconds, 1e-6)
@@ -107,6 +141,9 @@ def throughput(env: Env, server: Running, plan: Plan, keepalive: bool,
         "client_cpu_pct": round(100 * done.cpu_seconds / wall, 1),
         "cpu_shares": shares,
     })
+    if result.get("complete"):
+        # server CPU time (all its processes, from /proc) per request answered
+        result["server_cpu_us"] = round(1e6 * server_cpu / result["complete"], 1)
     return result
 
 
@@ -164,6 +201,18 @@ def _last_json(text: str) -> Optional[dict[str, Any]]:
             except ValueError:
                 return None
     return None
+
+
+# -- the blocking app -----------------------------------------------------------------
+
+def blocking(env: Env, server: Running, plan: Plan, tag: str) -> dict[str, Any]:
+    """Keep-alive throughput of `blocking_clients` clients against an app that sleeps
+    BLOCKING_SLEEP s per request; the expected ceiling is clients / sleep."""
+    timeout = max(plan.connect_timeout, 60.0)  # unpatched eventlet queues every request
+    result = throughput(env, server, replace(plan, connect_timeout=timeout), True,
+                        tag=tag, connections=plan.blocking_clients)
+    result["ceiling_rps"] = round(plan.blocking_clients / BLOCKING_SLEEP, 1)
+    return result
 
 
 # -- silent connections --------------------------------------------------------------

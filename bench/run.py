@@ -8,9 +8,13 @@ machine spreads over all targets instead of biasing one; FACTS 28):
 2. for each repetition, for each target: start it pinned to the server CPU, check it
    answers ``hello, world`` and refuses a client without a certificate, warm up, then
    keep-alive throughput, new-connection throughput, silent connections; stop it;
-3. CPU profiles of securewsgi under keep-alive and new-connection load (py-spy);
-4. idle capacity: for each N, each repetition, each target, on a fresh server;
-5. results file and page.
+3. the fixed offered rate: a share (50%) of the slowest target's keep-alive capacity
+   (medians of step 2); for each repetition, each target, on a fresh server: latency
+   and server CPU per request at that rate;
+4. the blocking-app test (securewsgi's engines, an app sleeping 0.2 s per request);
+5. CPU profiles of securewsgi under keep-alive and new-connection load (py-spy);
+6. idle capacity: for each N, each repetition, each target, on a fresh server;
+7. results file and page.
 
 A target that is not installed is skipped with the command that installs it; one
 that does not start is reported as "not available: <its own last stderr line>" and
@@ -26,8 +30,10 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +42,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import loadgen, measure, procs, report
+from . import loadgen, measure, procs, report, wrk
 from .install import run_setup
 from .targets import BENCH_DIR, REPO_DIR, Env, Target, by_name, parse_override
 
@@ -71,9 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", help="comma-separated subset, e.g. securewsgi,nginx")
     parser.add_argument("--repeat", type=int, help="repetitions per metric (default 3)")
     parser.add_argument("--duration", type=float, help="seconds per throughput run (10)")
-    parser.add_argument("--idle", help="idle connection counts (1000,5000,10000)")
-    parser.add_argument("--client", choices=("ab", "python"),
-                        help="throughput load generator: ab (default) or bench/loadgen.py")
+    parser.add_argument("--idle", help="idle connection counts (1000,10000)")
+    parser.add_argument("--client", choices=("wrk", "ab", "python"),
+                        help="throughput load generator: wrk (default; HTTP/1.1, client "
+                             "certificate through bench/wrkcert.c), ab (HTTP/1.0) or "
+                             "bench/loadgen.py")
+    parser.add_argument("--rate", type=float,
+                        help="fixed offered rate (req/s) for the latency runs (default: "
+                             "50%% of the slowest target's keep-alive req/s in this run)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
                         help="py-spy profiles of securewsgi (default: on, off with --quick)")
     parser.add_argument("--server-cpus", help="CPU list for servers (taskset; default 0)")
@@ -96,6 +107,7 @@ def plan_from_args(args: argparse.Namespace) -> measure.Plan:
         plan = replace(plan, profile_seconds=seconds if args.profile else 0)
     overrides: dict[str, Any] = {
         "repeat": args.repeat, "duration": args.duration, "client": args.client,
+        "rate": args.rate,
         "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
         "idle_counts": tuple(int(n) for n in args.idle.split(",")) if args.idle else None,
     }
@@ -131,12 +143,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def check_tools(plan: measure.Plan) -> tuple[measure.Plan, Optional[str]]:
-    """The harness's own needs. Without ab a quick run falls back to bench/loadgen.py;
-    a full run refuses, since the Python client cannot drive the fast targets."""
+    """The harness's own needs. Without wrk (or ab) a quick run falls back to
+    bench/loadgen.py; a full run refuses, since the Python client cannot drive the fast
+    targets."""
     if shutil.which("taskset") is None:
         return plan, "taskset not found (util-linux): apt-get install -y util-linux"
     if len(os.sched_getaffinity(0)) < 2:
         return plan, "needs 2 CPUs: one for the server, one for the load generator"
+    if plan.client == "wrk":
+        problem = wrk.missing()  # builds bench/.build/wrkcert.so on first use
+        if problem and plan.quick:
+            print(f"bench: {problem}; quick run uses bench/loadgen.py for throughput and "
+                  "skips latency at a fixed rate")
+            return replace(plan, client="python"), None
+        return plan, problem
     if plan.client == "ab" and shutil.which("ab") is None:
         if plan.quick:
             print("bench: ab not installed; quick run uses bench/loadgen.py for throughput")
@@ -178,12 +198,16 @@ def run(plan: measure.Plan, targets: list[Target], output: Optional[Path],
     page = output or (RESULTS_DIR / f"{name}.rst" if plan.quick else DOCS_PAGE)
     publish(results, page)
     print(f"bench: wrote {json_path} and {page} in {results['seconds']:.0f}s")
-    ours = results["targets"].get("securewsgi", {})
-    return 0 if ours.get("status") == "ok" and ours.get("runs", {}).get("keepalive") else 1
+    ours = [results["targets"].get(name, {}) for name in ("securewsgi", "securewsgi-threads")
+            if name in results["targets"]]
+    measured = ours and all(entry.get("status") == "ok" and entry["runs"]["keepalive"]
+                            for entry in ours)
+    return 0 if measured else 1
 
 
 def publish(results: dict[str, Any], page: Path) -> None:
     """The page, and the chart next to it (docs/benchmarks.png for the docs page)."""
+    page.parent.mkdir(parents=True, exist_ok=True)
     chart = page.with_suffix(".png")
     chart_ok = report.chart(results, chart)
     page.write_text(report.render(results, chart.name if chart_ok else None))
@@ -215,22 +239,35 @@ class Bench:
 
     def run_all(self, targets: list[Target]) -> None:
         runnable = [t for t in targets if self._describe(t)]
+        compared = [t for t in runnable if t.section == "targets"]
         for rep in range(self.plan.repeat):
-            for target in list(runnable):
+            for target in list(compared):
                 if not self._with_server(target, f"r{rep}", self._throughput_block):
-                    runnable.remove(target)
+                    compared.remove(target)
+        self.results["rate"] = offered_rate(self.results, self.plan)
+        rate = self.results["rate"].get("rps")
+        if rate:
+            print(f"bench: latency at {rate:g} req/s ({self.results['rate']['basis']})")
+            for rep in range(self.plan.repeat):
+                for target in compared:
+                    self._with_server(target, f"rate-r{rep}",
+                                      functools.partial(self._rate_block, rate=rate))
+        blocking = [t for t in runnable if t.section == "blocking"]
+        for rep in range(self.plan.repeat):
+            for target in blocking:
+                self._with_server(target, f"r{rep}", self._blocking_block)
         if self.plan.profile_seconds > 0:
-            for target in (t for t in runnable if t.profile):
+            for target in (t for t in compared if t.profile):
                 self._with_server(target, "profile", self._profile_block)
         for count in self.plan.idle_counts:
             for rep in range(self.plan.repeat):
-                for target in runnable:
+                for target in compared:
                     self._with_server(target, f"idle{count}-r{rep}",
                                       functools.partial(self._idle_block, count=count))
 
     # bookkeeping
     def _entry(self, target: Target) -> dict[str, Any]:
-        return self.results["targets"][target.name]
+        return self.results[target.section][target.name]
 
     def _describe(self, target: Target) -> bool:
         """Record what the target is; False when it is not installed."""
@@ -238,8 +275,9 @@ class Bench:
         entry = {"title": target.title, "notes": target.notes,
                  "status": "not installed" if missing else "ok", "reason": missing,
                  "version": None if missing else target.version(),
-                 "runs": {"keepalive": [], "newconn": [], "silent": [], "idle": {}}}
-        self.results["targets"][target.name] = entry
+                 "runs": {"keepalive": [], "newconn": [], "rate": [], "silent": [],
+                          "idle": {}, "blocking": []}}
+        self.results.setdefault(target.section, {})[target.name] = entry
         if missing:
             print(f"bench: {target.name}: not installed: {missing}")
         return missing is None
@@ -255,7 +293,8 @@ class Bench:
         except Unavailable as exc:
             reason = str(exc).replace(str(self.env.workdir), "$BENCH_TMP")
             print(f"bench: {target.name}: not available: {reason}")
-            if not any(entry["runs"][k] for k in ("keepalive", "newconn", "silent")):
+            if not any(entry["runs"][k] for k in ("keepalive", "newconn", "silent",
+                                                  "blocking")):
                 entry.update(status="not available", reason=reason)
             else:
                 entry.setdefault("errors", []).append(f"{run_tag}: {reason}")
@@ -270,24 +309,47 @@ class Bench:
         launch = target.launch(self.env, run_id)
         entry = self._entry(target)
         argv = procs.pinned(self.plan.server_cpus, launch.argv)
-        entry.setdefault("command", self._display(" ".join(argv)))
+        shown = [procs.pinned(self.plan.server_cpus, h.argv) for h in launch.helpers]
+        entry.setdefault("command", self._display("\n".join(shlex.join(a)
+                                                             for a in [*shown, argv])))
         entry.setdefault("files", {k: self._display(v) for k, v in launch.files.items()})
-        process = procs.Process(argv, self.env.workdir, run_id, cwd=launch.cwd)
+        helpers: list[procs.Process] = []
         try:
-            port = wait_until_serving(process, launch.port, launch.port_pattern, self.env)
+            for helper in launch.helpers:
+                helpers.append(procs.Process(procs.pinned(self.plan.server_cpus, helper.argv),
+                                             self.env.workdir, f"{run_id}-{helper.name}",
+                                             cwd=launch.cwd))
+                wait_until_ready(helpers[-1], helper.ready)
+            group = procs.Group(procs.Process(argv, self.env.workdir, run_id, cwd=launch.cwd),
+                                helpers)
+        except Unavailable:
+            for process in helpers:
+                process.stop()
+            raise
+        try:
+            port = wait_until_serving(group, launch.port, launch.port_pattern, self.env)
             check = verify(self.env, port)
         except Unavailable:
-            process.stop()
+            group.stop()
             raise
         entry.setdefault("check", check)
-        return measure.Running(run_id, process, port, target.name)
+        return measure.Running(run_id, group, port, target.name)
 
     def commands(self) -> dict[str, str]:
         """The load generators' command lines exactly as run (PORT, N and PID vary)."""
         env, plan = self.env, self.plan
+        prefix = wrk.shown_environment().split() if plan.client == "wrk" else []
+        rate_prefix = wrk.shown_environment(rate=True).split() if plan.client == "wrk" else []
         loaded = {
-            "keep-alive throughput": measure.throughput_argv(env, 0, plan, plan.duration, True),
-            "new connections": measure.throughput_argv(env, 0, plan, plan.duration, False),
+            "keep-alive throughput": [*prefix, *measure.throughput_argv(
+                env, 0, plan, plan.duration, True)],
+            "new connections": [*prefix, *measure.throughput_argv(
+                env, 0, plan, plan.duration, False)],
+            "latency at a fixed rate": [*rate_prefix, *measure.throughput_argv(
+                env, 0, plan, plan.duration, True)],
+            "blocking app": [*prefix, *measure.throughput_argv(
+                env, 0, replace(plan, connect_timeout=60), plan.duration, True,
+                plan.blocking_clients)],
             "idle capacity": measure.idle_argv(env, 0, plan, 0),
             "silent connections": measure.silent_argv(env, 0, plan),
         }
@@ -298,15 +360,17 @@ class Bench:
                         "--connections 0": "--connections N", "--pid 0": "--pid PID"}
         shown = {}
         for label, argv in loaded.items():
-            text = self._display(" ".join(procs.pinned(plan.client_cpus, argv)))
+            split = next((i for i, word in enumerate(argv) if "=" not in word), 0)
+            text = self._display(shlex.join([*argv[:split], *procs.pinned(plan.client_cpus,
+                                                                            argv[split:])]))
             for literal, placeholder in placeholders.items():
                 text = text.replace(literal, placeholder)
             shown[label] = text
         return shown
 
     def _display(self, text: str) -> str:
-        return text.replace(str(self.env.workdir), "$BENCH_TMP").replace(
-            str(REPO_DIR) + "/", "").replace(sys.executable, "python")
+        return text.replace(sys.executable, "python").replace(
+            str(self.env.workdir), "$BENCH_TMP").replace(str(REPO_DIR) + "/", "")
 
     # the blocks
     def _throughput_block(self, run: measure.Running) -> None:
@@ -319,6 +383,22 @@ class Bench:
                                                   tag="newconn"))
         runs["silent"].append(measure.silent(self.env, run, self.plan, "silent"))
         self._progress(run.name, runs)
+
+    def _rate_block(self, run: measure.Running, rate: float) -> None:
+        if self.plan.warmup > 0:
+            measure.throughput(self.env, run, self.plan, True, self.plan.warmup, "warmup",
+                               rate=rate)
+        result = measure.throughput(self.env, run, self.plan, True, tag="rate", rate=rate)
+        self._entry_for(run)["runs"]["rate"].append(result)
+        print(f"bench:   at {rate:g} req/s: achieved {result.get('rps')}, p50 "
+              f"{result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, server CPU "
+              f"{result.get('server_cpu_us')} us/request", flush=True)
+
+    def _blocking_block(self, run: measure.Running) -> None:
+        result = measure.blocking(self.env, run, self.plan, "blocking")
+        self._entry_for(run)["runs"]["blocking"].append(result)
+        print(f"bench:   {self.plan.blocking_clients} clients: {result.get('rps')} req/s "
+              f"(ceiling {result.get('ceiling_rps')})", flush=True)
 
     def _profile_block(self, run: measure.Running) -> None:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -340,18 +420,57 @@ class Bench:
               flush=True)
 
     def _entry_for(self, run: measure.Running) -> dict[str, Any]:
-        return self.results["targets"][run.target]
+        for section in ("targets", "blocking"):
+            if run.target in self.results.get(section, {}):
+                return self.results[section][run.target]
+        raise KeyError(run.target)
 
     @staticmethod
     def _progress(run_id: str, runs: dict[str, Any]) -> None:
         keep, new, quiet = runs["keepalive"][-1], runs["newconn"][-1], runs["silent"][-1]
-        print(f"bench:   keep-alive {keep.get('rps')} req/s (p99 {keep.get('p99_ms')} ms), "
-              f"new connections {new.get('rps')}/s, fresh client quiet "
+        print(f"bench:   keep-alive {keep.get('rps')} req/s ({keep.get('server_cpu_us')} us "
+              f"server CPU/request, reused {keep.get('keepalive_share')}), new connections "
+              f"{new.get('rps')}/s ({new.get('server_cpu_us')} us/connection), fresh client quiet "
               f"{quiet.get('quiet_ms')} ms / with silent {quiet.get('silent_ms')} ms",
               flush=True)
 
 
-def wait_until_serving(process: procs.Process, port: int, pattern: Optional[str],
+def wait_until_ready(process: procs.Process, ready: Callable[[], bool]) -> None:
+    """Poll (bounded) until a helper process says it is ready."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise Unavailable(f"{process.name}: {process.last_error_line()}")
+        if ready():
+            return
+        time.sleep(0.1)  # poll interval
+    process.stop()
+    raise Unavailable(f"{process.name} was not ready within {START_TIMEOUT:g}s")
+
+
+def offered_rate(results: dict[str, Any], plan: measure.Plan) -> dict[str, Any]:
+    """The fixed rate of the latency runs: --rate, or `rate_share` of the slowest
+    target's median keep-alive req/s in this run (targets whose keep-alive number is
+    not a keep-alive number are left out)."""
+    if plan.client != "wrk":
+        return {"rps": None, "basis": "not measured: latency at a fixed rate needs wrk"}
+    if plan.rate:
+        return {"rps": plan.rate, "basis": "--rate"}
+    capacities = {}
+    for name, entry in results["targets"].items():
+        runs = [r for r in entry["runs"]["keepalive"] if r.get("rps")]
+        if runs and report.keepalive_fair(entry) is None:
+            capacities[name] = statistics.median(r["rps"] for r in runs)
+    if not capacities:
+        return {"rps": None, "basis": "not measured: no keep-alive capacity was measured"}
+    slowest = min(capacities, key=capacities.__getitem__)
+    rate = max(1.0, round(plan.rate_share * capacities[slowest], -1))
+    return {"rps": rate, "basis": f"{100 * plan.rate_share:.0f}% of {slowest}'s "
+            f"{capacities[slowest]:,.0f} req/s", "slowest": slowest,
+            "share": plan.rate_share}
+
+
+def wait_until_serving(process: procs.Group, port: int, pattern: Optional[str],
                        env: Env) -> int:
     """Poll (bounded) until the server answers one mutual-TLS GET; its port."""
     deadline = time.monotonic() + START_TIMEOUT
@@ -359,7 +478,7 @@ def wait_until_serving(process: procs.Process, port: int, pattern: Optional[str]
         if not process.alive():
             raise Unavailable(process.last_error_line())
         if port == 0 and pattern:
-            match = re.search(pattern, process.stderr_text())
+            match = re.search(pattern, process.main.stderr_text())
             port = int(match.group(1)) if match else 0
         if port and probe(env, port, with_cert=True)["ok"]:
             return port
@@ -403,7 +522,8 @@ def machine_info() -> dict[str, Any]:
 
 def tool_versions() -> dict[str, str]:
     ab_version = re.search(r"Version (\S+)", _output(["ab", "-V"])) if shutil.which("ab") else None
-    versions = {"ab": f"ApacheBench {ab_version.group(1)}" if ab_version else "-",
+    versions = {"wrk": wrk.version(),
+                "ab": f"ApacheBench {ab_version.group(1)}" if ab_version else "-",
                 "taskset": _output(["taskset", "--version"]).strip()}
     spy = measure.pyspy_path()
     versions["py-spy"] = _output([spy, "--version"]).strip() if spy else "-"

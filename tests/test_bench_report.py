@@ -1,0 +1,87 @@
+"""The benchmark page's arithmetic (bench/report.py, bench/wrk.py): ratios of medians,
+goal verdicts, and the rules that turn a run which measured something else into
+"not measured". No server is started."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report, wrk
+
+
+def _run(rps: float, **extra: Any) -> dict[str, Any]:
+    return {"rps": rps, "complete": int(rps * 10), "failed": 0, "non_2xx": 0, **extra}
+
+
+def _target(keepalive: list[dict[str, Any]], newconn: list[dict[str, Any]] = (),
+            rate: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {"status": "ok", "runs": {"keepalive": list(keepalive), "newconn": list(newconn),
+                                     "rate": list(rate), "silent": [], "idle": {},
+                                     "blocking": []}}
+
+
+def _results(**targets: dict[str, Any]) -> dict[str, Any]:
+    return {"targets": targets, "plan": {"server_cpus": "0", "client_cpus": "1"}}
+
+
+def test_ratio_is_of_medians() -> None:
+    results = _results(
+        securewsgi=_target([_run(100), _run(300), _run(200)]),
+        **{"uwsgi-https": _target([_run(50), _run(100), _run(400)])})
+    assert report.ratio(results, "keepalive.rps", "uwsgi-https") == 2.0
+
+
+def test_goal_verdicts_both_directions() -> None:
+    results = _results(
+        securewsgi=_target([_run(110)], rate=[_run(50, p99_ms=4.0)]),
+        **{"uwsgi-https": _target([_run(100)], rate=[_run(50, p99_ms=5.0)])})
+    measured, met, verdict = report._ratio_goal("keepalive.rps", "uwsgi-https", 1.2)(results)
+    assert (measured, met) == ("1.10×", False)
+    assert "missed by 8%" in verdict and "9% more" in verdict
+    measured, met, _ = report._ratio_goal("rate.p99_ms", "uwsgi-https", 1.0,
+                                          higher_is_better=False)(results)
+    assert (measured, met) == ("0.80×", True)
+
+
+def test_keepalive_without_reuse_is_not_measured() -> None:
+    results = _results(
+        securewsgi=_target([_run(1000, keepalive_share=1.0)]),
+        uwsgi=_target([_run(900, keepalive_share=0.0)]))
+    assert report.metric(results, "uwsgi", "keepalive.rps") is None
+    assert report.unmeasured(results, "uwsgi", "keepalive.rps").startswith("not measured")
+    measured, met, verdict = report._ratio_goal("keepalive.rps", "uwsgi", 1.2)(results)
+    assert measured is None and met is None and "did not keep connections alive" in verdict
+
+
+def test_resumed_or_shared_connections_are_not_new_connections() -> None:
+    resumed = _target([], newconn=[_run(500, resumed=3, handshakes_per_request=1.0)])
+    shared = _target([], newconn=[_run(500, resumed=0, handshakes_per_request=0.5)])
+    fine = _target([], newconn=[_run(500, resumed=0, handshakes_per_request=1.01)])
+    results = _results(a=resumed, b=shared, c=fine)
+    assert "resumed" in report.unmeasured(results, "a", "newconn.rps")
+    assert "despite Connection: close" in report.unmeasured(results, "b", "newconn.rps")
+    assert report.metric(results, "c", "newconn.rps").median == 500
+
+
+def test_error_responses_are_not_measured() -> None:
+    results = _results(x=_target([_run(100, non_2xx=500, keepalive_share=1.0)]))
+    assert "error status" in report.unmeasured(results, "x", "keepalive.rps")
+
+
+def test_wrk_parse() -> None:
+    stdout = ('Running 10s test\nWRKJSON {"requests": 20000, "duration_us": 2000000, '
+              '"bytes": 1, "errors": {"connect": 0, "read": 2, "write": 0, "status": 0, '
+              '"timeout": 0}, "mean_us": 900.5, "p50_us": 800, "p90_us": 1500, '
+              '"p99_us": 4000, "p999_us": 9000, "max_us": 12000, "rate": 0}\n')
+    stderr = "wrkcert: connects=51 handshakes=50 resumed=0\n"
+    result = wrk.parse(stdout, stderr, 50)
+    assert result["rps"] == 10000.0
+    assert result["p99_ms"] == 4.0 and result["p50_ms"] == 0.8
+    assert result["connections"] == 50  # wrk's start-up probe connect left out
+    assert result["reconnects"] == 0 and result["keepalive_share"] == 1.0
+    churned = wrk.parse(stdout, "wrkcert: connects=2051 handshakes=2050 resumed=0\n", 50)
+    assert churned["reconnects"] == 2000 and churned["keepalive_share"] == 0.9
+    assert result["failed"] == 2 and "offered_rps" not in result
