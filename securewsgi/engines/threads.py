@@ -273,7 +273,7 @@ class _Server:
         conn.busy = True
         self.conns[conn.fd] = conn
         try:
-            self.epoll.register(conn.fd, 0)
+            self.epoll.register(conn.fd, select.EPOLLONESHOT)  # armed on release
         except OSError:
             self._close(conn)
             return
