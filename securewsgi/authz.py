@@ -1,4 +1,4 @@
-"""Authorization rules (SPEC §6), compiled once at start-up into cheap matchers.
+"""Authorization rules, compiled once at start-up into cheap matchers.
 
 `compile_policy` turns validated `RuleConfig`s into a `Policy`; `Policy.decide(path,
 method, peer)` is all the per-request work: a few set/prefix tests for the path and

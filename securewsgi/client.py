@@ -4,11 +4,13 @@ securewsgi server the safe way, with one clear error for every local mistake.
 Why not just ``requests.Session()`` with ``verify=``/``cert=``:
 
 * ``REQUESTS_CA_BUNDLE`` (and ``CURL_CA_BUNDLE``) silently override ``Session.verify``
-  while ``trust_env`` is on (FACTS 22); many machines set them. The session made here
-  has ``trust_env = False``, which also means proxy variables (``HTTPS_PROXY``,
-  ``NO_PROXY``, ...) and ``~/.netrc`` are ignored: set ``session.proxies`` yourself.
-* requests cannot load an encrypted client key (FACTS 23). Here the client certificate
-  lives in our own `ssl.SSLContext`, loaded once with the password.
+  while ``trust_env`` is on (requests' documented precedence); many machines set
+  them. The session made here has ``trust_env = False``, which also means proxy
+  variables (``HTTPS_PROXY``, ``NO_PROXY``, ...) and ``~/.netrc`` are ignored: set
+  ``session.proxies`` yourself.
+* requests cannot load an encrypted client key (``cert=`` takes no password). Here
+  the client certificate lives in our own `ssl.SSLContext`, loaded once with the
+  password.
 * A key that does not match its certificate, an encrypted key without a password or
   a missing file surface from OpenSSL as "PEM lib" or "key values mismatch" on the
   first request. Here each is a `ClientConfigError` naming the file, raised by
@@ -121,7 +123,7 @@ def session(
     )
     preset_context = _build_context(settings)
     s = requests.Session()
-    s.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify (FACTS 22)
+    s.trust_env = False  # else REQUESTS_CA_BUNDLE overrides verify
     s.verify = str(settings.ca_certs) if settings.ca_certs is not None else True
     if settings.certfile is not None:
         s.cert = ((str(settings.certfile), str(settings.keyfile)) if settings.keyfile
@@ -347,7 +349,7 @@ def _build_context(settings: ClientSettings, verify: bool = True) -> ssl.SSLCont
         _check_client_pair(settings)
         password = _password_bytes(settings.key_password) or b""
         try:
-            # Always a callable (FACTS 18): OpenSSL must never prompt on a terminal.
+            # Always a callable: without one OpenSSL prompts on the terminal (or fails).
             context.load_cert_chain(str(settings.certfile),
                                     str(settings.keyfile) if settings.keyfile else None,
                                     password=lambda: password)
