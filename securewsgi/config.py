@@ -81,6 +81,8 @@ class TLSConfig:
     suppress_ragged_eofs: bool = True
     reload_interval: float = 0.0
     session_tickets: Optional[int] = None  # None = auto: 1 in server mode, else 0
+    # Warn (at start, at each reload, then daily) when tls.certfile expires this soon.
+    expiry_warning_days: int = 14
 
     @property
     def tickets(self) -> int:
@@ -609,6 +611,8 @@ def _read_tls(source: Path, raw: Any) -> TLSConfig:
         suppress_ragged_eofs=s.take("suppress_ragged_eofs", parse_bool, d.suppress_ragged_eofs),
         reload_interval=s.take("reload_interval", seconds(allow_zero=True), d.reload_interval),
         session_tickets=s.take("session_tickets", _tickets, None),
+        expiry_warning_days=s.take("expiry_warning_days", int_in(0, 3650),
+                                   d.expiry_warning_days),
     )
     s.finish()
     _check_tls(s, cfg)

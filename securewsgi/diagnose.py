@@ -17,7 +17,10 @@ How it sees what Python does not expose:
   that unverified connection.
 * With TLS 1.3 the server judges the client certificate *after* the client considers
   the handshake finished; a refusal then arrives as an alert on the first read (or as
-  a reset/EOF). That is why the HTTP step classifies those errors too.
+  a reset/EOF). That is why the HTTP step classifies those errors too. The request is
+  sent at once (a response proves the certificate was accepted); only when the
+  connection then ends without an alert, a second handshake waits for the server's
+  verdict before writing anything, so the alert cannot be lost to a reset.
 """
 from __future__ import annotations
 
@@ -36,12 +39,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import __version__
 from .client import ClientConfigError, ClientSettings, ssl_context
-from .tls import CertificateInfo
+from .refusals import authority_key_id, short_fingerprint, subject_key_id
+from .tls import CertificateInfo, ca_files, pem_certificates
+from .validity import expires
 
 __all__ = ["JSON_KEYS", "CertificateFacts", "Diagnosis", "UsageError", "diagnose",
            "hostname_matches"]
@@ -160,6 +165,7 @@ class Diagnosis:
     fix: Optional[str] = None
     detail: Optional[str] = None
     notes: list[str] = field(default_factory=list)
+    client_cert_file: Optional[str] = None  # --cert (not part of the JSON form)
 
     @property
     def ok(self) -> bool:
@@ -396,8 +402,10 @@ def _date(iso: str) -> str:
     return iso[:10]
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def parse_iso(iso: str) -> datetime.datetime:
+    """The inverse of `_iso`."""
+    return datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc)
 
 
 def _reason(exc: BaseException) -> str:
@@ -440,25 +448,36 @@ def _dns_match(host: str, pattern: str) -> bool:
 # ---------------------------------------------------------------------- the target
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 @dataclass(frozen=True)
 class _Target:
     url: str
     host: str
     port: int
     path: str
+    scheme: str = "https"
 
     @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == 443 else f"{host}:{self.port}"
+        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def https_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}{self.path}"
 
 
 def _parse_url(url: str) -> _Target:
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() != "https":
-        raise UsageError(f"{url}: securewsgi-check checks HTTPS; give an https:// URL")
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise UsageError(f"{url}: securewsgi-check checks HTTPS; give an https:// URL "
+                         "(or http:// to see what a port speaks)")
     try:
-        port = parts.port or 443
+        port = parts.port or _DEFAULT_PORTS[scheme]
     except ValueError:
         raise UsageError(f"{url}: invalid port") from None
     if not parts.hostname:
@@ -466,7 +485,7 @@ def _parse_url(url: str) -> _Target:
     path = parts.path or "/"
     if parts.query:
         path += f"?{parts.query}"
-    return _Target(url, parts.hostname, port, path)
+    return _Target(url, parts.hostname, port, path, scheme)
 
 
 # ---------------------------------------------------------------------- the checks
@@ -488,12 +507,6 @@ class _Options:
             context.minimum_version = context.maximum_version = TLS_VERSIONS[self.tls_version]
         context.set_alpn_protocols(["http/1.1"])
         return context
-
-    @property
-    def offered(self) -> str:
-        if self.tls_version is not None:
-            return f"only TLS {self.tls_version}"
-        return "TLS 1.2 and 1.3"
 
 
 def diagnose(
@@ -526,17 +539,52 @@ def diagnose(
     if settings.keyfile is not None and settings.certfile is None:
         raise UsageError("--key needs --cert")
     options = _Options(settings, float(timeout), tls_version)
+    report = Diagnosis(url=url, host=target.host, port=target.port, path=target.path,
+                       ca=str(settings.ca_certs) if settings.ca_certs else "system",
+                       tls_version=tls_version)
+    if _key_mismatch(settings):
+        _note_client_certificate(report, settings)
+        return _key_mismatch_failure(report, settings)
     try:
         options.context()  # every file is read and checked before the first packet
     except ClientConfigError as exc:
         raise UsageError(str(exc)) from None
-    report = Diagnosis(url=url, host=target.host, port=target.port, path=target.path,
-                       ca=str(settings.ca_certs) if settings.ca_certs else "system",
-                       tls_version=tls_version)
     _note_client_certificate(report, settings)
+    if target.scheme == "http":
+        _check_plain(report, target, options)
+        return report
     _check(report, target, options)
     _note_expiry(report)
     return report
+
+
+def _key_mismatch(settings: ClientSettings) -> bool:
+    """--cert and --key are readable but do not belong together? (Anything unreadable
+    is left to the context, whose error names the file.)"""
+    if settings.certfile is None or settings.keyfile is None:
+        return False
+    try:
+        cert = x509.load_pem_x509_certificates(settings.certfile.read_bytes())[0]
+        data = settings.keyfile.read_bytes()
+        password = settings.key_password.encode() if settings.key_password else None
+        key = serialization.load_pem_private_key(
+            data, password if b"ENCRYPTED" in data else None)
+    except (OSError, ValueError, TypeError, IndexError):
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return key.public_key().public_bytes(der, spki) != cert.public_key().public_bytes(der, spki)
+
+
+def _key_mismatch_failure(report: Diagnosis, settings: ClientSettings) -> Diagnosis:
+    return report.fail(
+        "client_key_mismatch",
+        f"the private key {settings.keyfile} does not belong to the client certificate "
+        f"{report.client_cert_subject} ({settings.certfile}), so no TLS client can use "
+        "the pair and the server never sees this client.",
+        f"pass the key that was issued with {settings.certfile} as --key (or the "
+        f"certificate of {settings.keyfile} as --cert).",
+        "key values mismatch")
 
 
 def _check(report: Diagnosis, target: _Target, options: _Options) -> None:
@@ -569,6 +617,84 @@ def _check(report: Diagnosis, target: _Target, options: _Options) -> None:
                 and report.protocol != "TLSv1.3":
             report.client_cert_accepted = True  # TLS 1.2: judged inside the handshake
         _exchange(report, tls, recorder, target, options)
+
+
+# ---------------------------------------------------------------- an http:// URL
+
+
+def _check_plain(report: Diagnosis, target: _Target, options: _Options) -> None:
+    """An http:// URL: either plain HTTP works there, or the port speaks TLS and the
+    URL must say https:// (say so, rather than refuse the URL)."""
+    sock = _connect(report, target, options)
+    if sock is None:
+        return
+    with sock:
+        answer = _plain_exchange(sock, target, options)
+    if _refuses_plain_http(answer) or (not answer.startswith(b"HTTP/")
+                                       and _speaks_tls(target, options)):
+        report.fail("tls_port",
+                    "this port speaks TLS: use https://, not http:// (the server refused "
+                    "the plain HTTP request).",
+                    f"use {target.https_url}.", answer[:80].decode("latin-1") or "EOF")
+        return
+    if not answer.startswith(b"HTTP/"):
+        report.fail("not_http",
+                    f"the server answered plain HTTP with something that is not HTTP "
+                    f"({answer[:40]!r}).", "check the URL's port and scheme.")
+        return
+    report.notes.append("plain HTTP: nothing on this connection is encrypted, and no "
+                        "certificate is checked")
+    _read_status(report, answer, target)
+
+
+def _plain_exchange(sock: socket.socket, target: _Target, options: _Options) -> bytes:
+    """GET over plain TCP; everything the server sent until it closed (bounded)."""
+    answer = b""
+    deadline = time.monotonic() + options.timeout
+    try:
+        sock.sendall(_request(target))
+        while len(answer) < MAX_RESPONSE_HEAD:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(16384)
+            if not chunk:
+                break
+            answer += chunk
+    except OSError:  # a reset or a timeout: what arrived is the answer
+        pass
+    return answer
+
+
+def _refuses_plain_http(answer: bytes) -> bool:
+    """A TLS record (an alert), or a 400/497 that names HTTPS (securewsgi: "this port
+    speaks HTTPS"; nginx: "The plain HTTP request was sent to HTTPS port")."""
+    if answer[:1] in (b"\x15", b"\x16") and answer[1:2] == b"\x03":
+        return True
+    match = re.match(rb"HTTP/1\.[01] (400|497) ", answer)
+    return match is not None and b"HTTPS" in answer.upper()
+
+
+def _speaks_tls(target: _Target, options: _Options) -> bool:
+    """Does a TLS ClientHello on this port get a ServerHello back?"""
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=options.timeout)
+    except OSError:
+        return False
+    recorder = _HandshakeRecorder()
+    context = options.context(verify=False)
+    recorder.install(context)
+    try:
+        with context.wrap_socket(sock, server_hostname=target.host):
+            return True
+    except (OSError, ssl.SSLError):
+        return recorder.server_hello
+    finally:
+        sock.close()
+
+
+def _request(target: _Target) -> bytes:
+    return (f"GET {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
+            f"User-Agent: securewsgi-check/{__version__}\r\nAccept: */*\r\n"
+            "Connection: close\r\n\r\n").encode("latin-1", "replace")
 
 
 def _connect(report: Diagnosis, target: _Target, options: _Options
@@ -666,7 +792,7 @@ def _handshake_failed(report: Diagnosis, recorder: _HandshakeRecorder,
                       exc: BaseException, target: _Target, options: _Options) -> None:
     report.detail = _detail(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        _verification_failed(report, exc, target)
+        _verification_failed(report, exc, target, recorder.server_chain, options)
         return
     if isinstance(exc, (socket.timeout, TimeoutError)):
         report.fail("handshake_timeout",
@@ -680,12 +806,7 @@ def _handshake_failed(report: Diagnosis, recorder: _HandshakeRecorder,
     if reason == "WRONG_VERSION_NUMBER":
         _not_tls(report, recorder, exc)
     elif reason in _VERSION_REASONS:
-        report.fail("tls_version_mismatch",
-                    f"the client and the server have no TLS version in common "
-                    f"({_detail(exc)}).",
-                    f"this client offered {options.offered}; compare with the server's "
-                    "tls.min_version/tls.max_version (try --tls-version 1.2 or 1.3).",
-                    _detail(exc))
+        _version_mismatch(report, exc, target, options)
     elif reason in _CIPHER_REASONS or (reason == "SSLV3_ALERT_HANDSHAKE_FAILURE"
                                        and recorder.available and not recorder.server_hello):
         # refused before the server even chose a cipher: nothing in common
@@ -708,6 +829,49 @@ def _handshake_failed(report: Diagnosis, recorder: _HandshakeRecorder,
                     "the server's log names the reason.", _detail(exc))
 
 
+def _version_mismatch(report: Diagnosis, exc: BaseException, target: _Target,
+                      options: _Options) -> None:
+    """No TLS version in common: try each version alone to say which the server takes."""
+    accepted = [v for v in TLS_VERSIONS if _accepts_version(target, options, v)]
+    tried = f"TLS {options.tls_version}" if options.tls_version else "TLS 1.2 and 1.3"
+    if len(accepted) == 1:
+        (only,) = accepted
+        explanation = f"the server accepts only TLS {only}; this client tried {tried}."
+        if only == "1.3":
+            fix = ("offer TLS 1.3 (--tls-version 1.3; raise the client's maximum version), "
+                   "or set the server's tls.min_version: TLSv1.2.")
+        else:
+            fix = ("offer TLS 1.2 (--tls-version 1.2; lower the client's minimum version), "
+                   "or remove the server's tls.max_version so it accepts TLS 1.3.")
+    elif not accepted:
+        explanation = (f"the server accepts neither TLS 1.2 nor TLS 1.3; this client tried "
+                       f"{tried}.")
+        fix = "the server must allow TLS 1.2 or 1.3 (tls.min_version/tls.max_version)."
+    else:  # both work alone: what was offered must have been narrower
+        explanation = (f"the server accepts TLS 1.2 and 1.3, but not what this client "
+                       f"tried ({tried}).")
+        fix = "offer TLS 1.2 or 1.3 (--tls-version)."
+    report.fail("tls_version_mismatch", explanation, fix, _detail(exc))
+
+
+def _accepts_version(target: _Target, options: _Options, version: str) -> bool:
+    """Does a handshake offering only `version` get past the version choice?"""
+    probe = _Options(options.settings, options.timeout, version)
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=options.timeout)
+    except OSError:
+        return False
+    try:
+        with probe.context(verify=False).wrap_socket(sock, server_hostname=target.host):
+            return True
+    except ssl.SSLError as exc:  # a refusal for another reason: the version was fine
+        return _reason(exc) not in _VERSION_REASONS and _reason(exc) not in _EOF_REASONS
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def _not_tls(report: Diagnosis, recorder: _HandshakeRecorder, exc: BaseException) -> None:
     first = recorder.first_record
     if first is None or first.startswith((b"HTTP/", b"<")):
@@ -726,7 +890,7 @@ def _not_tls(report: Diagnosis, recorder: _HandshakeRecorder, exc: BaseException
 
 
 def _verification_failed(report: Diagnosis, exc: ssl.SSLCertVerificationError,
-                         target: _Target) -> None:
+                         target: _Target, chain: list[bytes], options: _Options) -> None:
     code, message = exc.verify_code, exc.verify_message
     report.verify_error = message
     report.trusted = code in (_HOSTNAME_MISMATCH, _IP_MISMATCH)
@@ -740,6 +904,16 @@ def _verification_failed(report: Diagnosis, exc: ssl.SSLCertVerificationError,
                     f"connect with one of those names, or give the server a certificate "
                     f"whose subject alternative names include {target.host}.", message)
     elif code in _UNKNOWN_CA_CODES:
+        twins = _same_name_cas(chain, options.settings.ca_certs)
+        if twins is not None:
+            theirs, ours = twins
+            report.fail("unknown_ca",
+                        f"the server certificate (issuer {leaf.issuer if leaf else '?'}, "
+                        f"{theirs}) is not signed by a CA this client trusts: --ca holds a "
+                        f"different CA of the same name ({ours}).",
+                        f"pass --ca with the CA that signed the server certificate "
+                        f"({theirs}).", message)
+            return
         issuer = f" (issuer {leaf.issuer})" if leaf else ""
         report.fail("unknown_ca",
                     f"the server certificate{issuer} is not signed by a CA this client "
@@ -750,8 +924,9 @@ def _verification_failed(report: Diagnosis, exc: ssl.SSLCertVerificationError,
         when = f" on {_date(which.not_after)}" if which else ""
         report.fail("server_cert_expired",
                     f"{_which(report, which)} expired{when}.",
-                    "renew the server certificate and restart the server; if the date looks "
-                    "wrong, check this machine's clock.", message)
+                    "renew the server certificate, then reload the server (securewsgi: "
+                    "SIGHUP) or restart it; if the date looks wrong, check this machine's "
+                    "clock.", message)
     elif code == _NOT_YET_VALID:
         which = _first(report, lambda c: c.not_before > _iso(_utcnow()))
         when = f" before {_date(which.not_before)}" if which else " yet"
@@ -769,6 +944,45 @@ def _verification_failed(report: Diagnosis, exc: ssl.SSLCertVerificationError,
         report.fail("server_cert_invalid",
                     f"the server certificate failed verification: {message}.",
                     "inspect it with 'openssl s_client -showcerts' and replace it.", message)
+
+
+def _same_name_cas(chain: list[bytes], ca: Optional[Path]) -> Optional[tuple[str, str]]:
+    """When --ca holds a CA whose name is the server issuer's but which is another CA,
+    how to tell the two apart: (the issuer's fingerprint, those of --ca's namesakes)."""
+    if not chain or ca is None:
+        return None
+    try:
+        certs = [x509.load_der_x509_certificate(der) for der in chain]
+    except ValueError:
+        return None
+    return _namesakes(certs[0], certs[1:], _ca_certificates(ca))
+
+
+def _namesakes(leaf: x509.Certificate, sent: list[x509.Certificate],
+               trusted: list[x509.Certificate]) -> Optional[tuple[str, str]]:
+    """(issuer id, ids of the trusted CAs with the issuer's name), as SHA-256
+    fingerprints when the issuer itself was sent along, else as key ids; None when no
+    trusted CA has that name, or the names match and the keys do too."""
+    twins = [ca for ca in trusted if ca.subject == leaf.issuer]
+    issuer = next((c for c in sent if c.subject == leaf.issuer), None)
+    if issuer is not None:
+        theirs = short_fingerprint(issuer)
+        mine = [short_fingerprint(ca) for ca in twins]
+        kind = "sha256"
+    else:
+        theirs, kind = authority_key_id(leaf) or "", "key id"
+        mine = [subject_key_id(ca) or "?" for ca in twins]
+    if not twins or not theirs or theirs in mine:
+        return None
+    return f"{kind} {theirs}", ", ".join(f"{kind} {m}" for m in mine)
+
+
+def _ca_certificates(path: Path) -> list[x509.Certificate]:
+    try:
+        files = ca_files(path) if path.is_dir() else [path]
+        return [c for f in files for c in pem_certificates(f.read_bytes())]
+    except OSError:
+        return []
 
 
 def _utcnow() -> datetime.datetime:
@@ -805,11 +1019,29 @@ def _client_certificate_refusal(report: Diagnosis, recorder: _HandshakeRecorder,
             cause = f"it is not valid before {not_before} (TLS alert: bad certificate)"
             fix = ("wait until then or issue a new certificate; check the clocks of both "
                    "machines.")
+        twins = _client_issuer_namesakes(report) if reason == "TLSV1_ALERT_UNKNOWN_CA" else None
+        if twins is not None:
+            cause += (f"; its issuer ({twins[0]}) is not the CA of the same name in --ca "
+                      f"({twins[1]})")
         report.fail("client_cert_refused",
                     f"the server refused the client certificate {report.client_cert_subject}: "
                     f"{cause}.", fix, _detail(exc))
         return True
     return False
+
+
+def _client_issuer_namesakes(report: Diagnosis) -> Optional[tuple[str, str]]:
+    """--ca holds a CA named like our certificate's issuer but another one? (Development
+    PKIs often share one name; then the server's CA may well be that other one.)"""
+    if report.client_cert_file is None or report.ca == "system":
+        return None
+    try:
+        certs = pem_certificates(Path(report.client_cert_file).read_bytes())
+    except OSError:
+        return None
+    if not certs:
+        return None
+    return _namesakes(certs[0], certs[1:], _ca_certificates(Path(report.ca)))
 
 
 def _required(report: Diagnosis) -> None:
@@ -826,18 +1058,10 @@ def _required(report: Diagnosis) -> None:
 
 def _exchange(report: Diagnosis, tls: ssl.SSLSocket, recorder: _HandshakeRecorder,
               target: _Target, options: _Options) -> None:
-    request = (f"GET {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
-               f"User-Agent: securewsgi-check/{__version__}\r\nAccept: */*\r\n"
-               "Connection: close\r\n\r\n").encode("latin-1", "replace")
+    request = _request(target)
     head = b""
     try:
-        if report.protocol == "TLSv1.3" and report.client_cert_requested:
-            early = _await_verdict(tls, options)
-            if early is None:
-                _closed_after_handshake(report, recorder, None)
-                return
-            head = early
-        tls.sendall(request)
+        tls.sendall(request)  # a response proves a TLS 1.3 server accepted our certificate
         deadline = time.monotonic() + options.timeout
         while b"\r\n\r\n" not in head and len(head) < MAX_RESPONSE_HEAD:
             tls.settimeout(max(0.001, deadline - time.monotonic()))
@@ -855,10 +1079,10 @@ def _exchange(report: Diagnosis, tls: ssl.SSLSocket, recorder: _HandshakeRecorde
             return
     except (OSError, ssl.SSLError) as exc:
         if not head:
-            _closed_after_handshake(report, recorder, exc)
+            _closed_after_handshake(report, recorder, exc, target, options)
             return
     if not head:
-        _closed_after_handshake(report, recorder, None)
+        _closed_after_handshake(report, recorder, None, target, options)
         return
     _read_status(report, head, target)
 
@@ -871,6 +1095,8 @@ def _await_verdict(tls: ssl.SSLSocket, options: _Options) -> Optional[bytes]:
     already closed, its kernel answers with a reset that destroys the unread alert,
     and all that is left to report is "EOF". Returns None when the server closed,
     else whatever (normally nothing) it sent; raises the alert as `ssl.SSLError`.
+    A server that accepts and sends no tickets says nothing: that costs the whole
+    wait, so this runs only after a first attempt ended without an answer.
     """
     ready, _, _ = select.select([tls], [], [], min(options.timeout, VERDICT_WAIT))
     if not ready:
@@ -885,13 +1111,18 @@ def _await_verdict(tls: ssl.SSLSocket, options: _Options) -> Optional[bytes]:
 
 
 def _closed_after_handshake(report: Diagnosis, recorder: _HandshakeRecorder,
-                            exc: Optional[BaseException]) -> None:
+                            exc: Optional[BaseException], target: _Target,
+                            options: _Options) -> None:
     """No response: with TLS 1.3 this is how a refused client certificate looks."""
     detail = _detail(exc) if exc is not None else "EOF"
     report.detail = detail
     if exc is not None and _client_certificate_refusal(report, recorder, exc):
         return
     if report.protocol == "TLSv1.3" and report.client_cert_requested:
+        verdict = _second_look(target, options)
+        if verdict is not None and _client_certificate_refusal(report, recorder, verdict):
+            report.detail = _detail(verdict)
+            return
         if not report.client_cert_sent:
             _required(report)
             return
@@ -906,6 +1137,26 @@ def _closed_after_handshake(report: Diagnosis, recorder: _HandshakeRecorder,
     report.fail("no_http_response",
                 "the TLS handshake worked, but the server closed the connection without an "
                 "HTTP response.", "the server's log names the reason.", detail)
+
+
+def _second_look(target: _Target, options: _Options) -> Optional[BaseException]:
+    """The connection ended without an alert right after a TLS 1.3 handshake: shake
+    hands once more and, this time, wait for the verdict before writing anything, so
+    the server's alert (why it refused us) cannot be lost to a reset."""
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=options.timeout)
+    except OSError:
+        return None
+    try:
+        with options.context().wrap_socket(sock, server_hostname=target.host) as tls:
+            _await_verdict(tls, options)
+    except ssl.SSLError as exc:
+        return exc
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return None
 
 
 def _read_status(report: Diagnosis, head: bytes, target: _Target) -> None:
@@ -951,6 +1202,7 @@ def _note_client_certificate(report: Diagnosis, settings: ClientSettings) -> Non
     if settings.certfile is None:
         return
     cert = x509.load_pem_x509_certificates(settings.certfile.read_bytes())[0]
+    report.client_cert_file = str(settings.certfile)
     report.client_cert_subject = cert.subject.rfc4514_string()
     report.client_cert_not_before = _iso(cert.not_valid_before_utc)
     report.client_cert_not_after = _iso(cert.not_valid_after_utc)
@@ -971,8 +1223,8 @@ def _note_client_certificate(report: Diagnosis, settings: ClientSettings) -> Non
 
 def _note_expiry(report: Diagnosis) -> None:
     if report.chain and 0 <= report.chain[0].days_left < EXPIRY_NOTE_DAYS:
-        report.notes.append(f"the server certificate expires in "
-                            f"{_plural(report.chain[0].days_left, 'day')}")
+        not_after = parse_iso(report.chain[0].not_after)
+        report.notes.append(f"the server certificate {expires(not_after)}")
     if report.client_cert_subject is not None and report.client_cert_requested is False:
         report.notes.append("the server did not ask for a client certificate; --cert was "
                             "not used")

@@ -411,6 +411,9 @@ class _Request:
 
 def _check_partial_head(buf: bytes, options: ServerConfig) -> None:
     """Refuse early what can never become a valid head, before reading more of it."""
+    if buf and buf[0] == 0x16 and buf[1:2] == b"\x03":  # TLS handshake: https:// client
+        raise Refusal(400, "a TLS client reached this plain-HTTP port (use http://, or "
+                           "enable tls)")
     line_end = buf.find(b"\r\n")
     if line_end < 0:
         if len(buf) > options.url_length_limit:

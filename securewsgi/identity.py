@@ -15,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from .validity import days_left
+
 # mod_ssl's short names for DN components (SSL_CLIENT_S_DN_<name>); others are omitted
 # from the per-attribute keys but stay in the RFC 4514 string.
 _SHORT_NAMES = {
@@ -120,8 +122,7 @@ class PeerIdentity:
         return format(self.serial, "X")
 
     def days_remaining(self, now: Optional[datetime.datetime] = None) -> int:
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        return max(0, (self.not_after - now).days)
+        return max(0, days_left(self.not_after, now))
 
     def environ(self) -> dict[str, str]:
         """The SSL_CLIENT_* keys of SPEC §5 (computed once, then shared read-only)."""

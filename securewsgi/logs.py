@@ -43,8 +43,15 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# What every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "taskName"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception)."""
+    """One JSON object per line: time, level, logger, message (and exception), plus
+    the fields a caller passed with `extra=` (a refused handshake's client, reason,
+    certificate and hint), each as its own key."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -53,9 +60,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_KEYS and not key.startswith("_"):
+                data.setdefault(key, value)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
 def setup_logging(config: LoggingConfig) -> None:
@@ -258,7 +268,7 @@ class RateLimitedLog:
         self.updated = clock()
         self.suppressed = 0
 
-    def info(self, msg: str, *args: Any) -> None:
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
@@ -267,7 +277,7 @@ class RateLimitedLog:
             return
         self.tokens -= 1
         self.flush()
-        self.logger.info(msg, *args)
+        self.logger.info(msg, *args, **kwargs)
 
     def flush(self) -> None:
         if self.suppressed:

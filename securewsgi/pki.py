@@ -62,6 +62,7 @@ RESERVED_NAMES = ("ca", "ca-key", "server", "server-key", "crl")
 DEFAULT_SERVER_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 CA_FILE = "ca.pem"
+DEV_CA_NAME = "securewsgi development CA"
 CA_KEY_FILE = "ca-key.pem"
 SERVER_FILE = "server.pem"
 SERVER_KEY_FILE = "server-key.pem"
@@ -258,13 +259,20 @@ class CertificateAuthority:
     @classmethod
     def create(
         cls,
-        common_name: str = "securewsgi development CA",
+        common_name: str | None = None,
         *,
         key_type: str = "ecdsa-p256",
         not_before: _dt.datetime | None = None,
         not_after: _dt.datetime | None = None,
     ) -> CertificateAuthority:
-        """Create a self-signed CA that may sign leaves only (pathlen 0)."""
+        """Create a self-signed CA that may sign leaves only (pathlen 0).
+
+        Without `common_name` it is ``securewsgi development CA`` plus a short random
+        suffix: two development PKIs must not share one CA name, or "not signed by a
+        CA this client trusts (issuer CN=X)" next to a trusted CA named X reads as a
+        contradiction."""
+        if common_name is None:
+            common_name = f"{DEV_CA_NAME} {secrets.token_hex(3)}"
         key = generate_key(key_type)
         start, end = _validity(not_before, not_after, CA_VALIDITY)
         name = _common_name(common_name)

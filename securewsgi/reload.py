@@ -17,18 +17,25 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
 from .config import TLSConfig
 from .errors import ConfigError
-from .tls import ServerTLS, build_server_tls, ca_files
+from .tls import ServerTLS, build_server_tls, ca_files, expiry_warning
+from .validity import plural, time_left, when
 
 log = logging.getLogger("securewsgi.tls")
+_DAY_SECONDS = 86400.0
 
 
 class TLSReloader:
     """The current `ServerTLS` of this process, replaced only by valid material."""
+
+    # How often `check_expiry` looks at the certificate; it logs at most once a day,
+    # and at once when the certificate expires while the server runs.
+    EXPIRY_CHECK_SECONDS = 60.0
 
     def __init__(self, tls: TLSConfig, source: Path, current: ServerTLS,
                  announce: bool = True) -> None:
@@ -41,6 +48,8 @@ class TLSReloader:
         self._loaded = self.fingerprint()
         self._candidate: Optional[str] = None
         self._refused: Optional[str] = None
+        # The start-up lines already said how soon the certificate expires.
+        self._expiry_noted = (self._expiry_state(), time.monotonic())
 
     def for_worker(self) -> TLSReloader:
         """A copy for a worker forked from the supervisor: same material, same view of
@@ -65,16 +74,38 @@ class TLSReloader:
             return False
         self.current = new
         self._loaded, self._refused, self._candidate = fingerprint, None, None
-        cert = new.certificate
+        self._expiry_noted = (self._expiry_state(), time.monotonic())
         if not self._announce:
             return True
-        if cert is not None:
-            log.info("TLS material reloaded (%s): certificate %s serial %X expires %s "
-                     "(%d days)", why, cert.subject, cert.serial,
-                     f"{cert.not_after:%Y-%m-%d}", cert.days_left())
+        if new.certificate is not None:
+            log.info("TLS material reloaded (%s): %s", why, loaded_text(new))
         for warning in new.warnings:
             log.warning("%s", warning)
         return True
+
+    def check_expiry(self, now: Optional[float] = None) -> None:
+        """Say again, daily, that the certificate expires soon or has expired, and at
+        once when it expires while the server runs (called every EXPIRY_CHECK_SECONDS;
+        `now` is a `time.monotonic()` reading)."""
+        cert = self.current.certificate
+        state = self._expiry_state()
+        now = time.monotonic() if now is None else now
+        noted_state, noted_at = self._expiry_noted
+        if cert is None or state == "ok":
+            self._expiry_noted = (state, now)
+            return
+        if state == noted_state and now - noted_at < _DAY_SECONDS:
+            return
+        self._expiry_noted = (state, now)
+        warning = expiry_warning(self._tls, cert.not_after)
+        if warning is not None:
+            (log.error if state == "expired" else log.warning)("%s", warning)
+
+    def _expiry_state(self) -> str:
+        cert = self.current.certificate
+        if cert is None or expiry_warning(self._tls, cert.not_after) is None:
+            return "ok"
+        return "expired" if cert.days_left() < 0 else "soon"
 
     def poll(self) -> None:
         """Called every `reload_interval`: reload once a change has settled."""
@@ -110,3 +141,18 @@ class TLSReloader:
             else:
                 files.append(path)
         return files
+
+
+def loaded_text(tls: ServerTLS) -> str:
+    """What a reload loaded: `certificate CN=x serial 1A2B expires 2027-12-01 19:00 UTC
+    (364 days left); 1 client CA; CRL: 2 revoked, next update 2027-01-01 19:00 UTC`."""
+    cert = tls.certificate
+    assert cert is not None
+    parts = [f"certificate {cert.subject} serial {cert.serial:X} expires "
+             f"{when(cert.not_after)} ({time_left(cert.not_after)})"]
+    if tls.mode in ("optional", "mutual"):
+        parts.append(plural(len(tls.ca_subjects), "client CA"))
+    if tls.crl_revoked is not None:
+        update = f", next update {when(tls.crl_next_update)}" if tls.crl_next_update else ""
+        parts.append(f"CRL: {tls.crl_revoked} revoked{update}")
+    return "; ".join(parts)

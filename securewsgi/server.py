@@ -167,6 +167,8 @@ def _run_worker(config: Config, listener: Optional[socket.socket],
     every = []
     if config.tls.reload_interval > 0 and config.tls.enabled:
         every.append((config.tls.reload_interval, reloader.poll))
+    if config.tls.enabled:
+        every.append((reloader.EXPIRY_CHECK_SECONDS, reloader.check_expiry))
     notifier = launch.notifier
     if notifier.watchdog_interval is not None:
         every.append((notifier.watchdog_interval, notifier.watchdog))

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from .config import TLSConfig
 from .errors import ConfigError
+from .refusals import server_facts
+from .validity import days_left, expires, when
 
 # Mozilla "intermediate" for TLS 1.2 without DHE: ECDHE key exchange only (forward
 # secrecy) and AEAD ciphers only. TLS 1.3 suites are not affected by this string.
@@ -30,7 +32,6 @@ DEFAULT_CIPHERS = (
     "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
-EXPIRY_WARNING_DAYS = 30
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _MODES = {"server": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "mutual": ssl.CERT_REQUIRED}
 _CA_SUFFIXES = (".pem", ".crt", ".cer")
@@ -73,8 +74,7 @@ class CertificateInfo:
         )
 
     def days_left(self, now: Optional[datetime.datetime] = None) -> int:
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        return (self.not_after - now).days
+        return days_left(self.not_after, now)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class ServerTLS:
     # (issuer RFC 4514 string, serial) of every revoked client certificate: OpenSSL
     # does not consult the CRL when a TLS session is resumed, so the engine does.
     revoked: frozenset = frozenset()
+    crl_next_update: Optional[datetime.datetime] = None
 
     @property
     def versions(self) -> str:
@@ -114,7 +115,7 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     warnings: list[str] = []
     chain = _read_certificates(source, "tls.certfile", tls.certfile)
     leaf = chain[0]
-    _check_validity(source, "tls.certfile", tls.certfile, leaf, now, warnings)
+    _check_validity(source, tls, leaf, now, warnings)
     key_path, key_key = (tls.keyfile, "tls.keyfile") if tls.keyfile else (tls.certfile,
                                                                            "tls.certfile")
     key = _read_private_key(source, key_key, key_path, tls.key_password)
@@ -127,20 +128,27 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     if tls.ca_certs is not None:
         ca_certs = _read_ca_certs(source, tls.ca_certs, now, warnings)
     revoked: frozenset = frozenset()
+    next_update = None
     if tls.crl_file is not None:
-        revoked = _check_crl(source, tls.crl_file, ca_certs, now, warnings)
+        revoked, next_update = _check_crl(source, tls.crl_file, ca_certs, now, warnings)
     context = _make_context(tls, source, ca_certs)
+    info = CertificateInfo.from_x509(leaf)
+    # What a refused handshake's log line says about our side (read only on failure).
+    context.securewsgi_server = server_facts(  # type: ignore[attr-defined]
+        str(tls.certfile), leaf, info.sans, ca_certs,
+        str(tls.crl_file) if tls.crl_file else None, tls.min_version, tls.max_version)
     files = tuple(p for p in (tls.certfile, tls.keyfile, tls.ca_certs, tls.crl_file) if p)
     return ServerTLS(
         context=context,
         mode=tls.mode,
-        certificate=CertificateInfo.from_x509(leaf),
+        certificate=info,
         chain_length=len(chain),
         ca_subjects=tuple(c.subject.rfc4514_string() for c in ca_certs),
         crl_revoked=len(revoked) if tls.crl_file is not None else None,
         warnings=tuple(warnings),
         files=files,
         revoked=revoked,
+        crl_next_update=next_update,
     )
 
 
@@ -277,22 +285,38 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return cert.issuer == cert.subject  # an old-style self-signed root
 
 
-def _check_validity(source: Path, key: str, path: Path, cert: x509.Certificate,
+def _check_validity(source: Path, tls: TLSConfig, cert: x509.Certificate,
                     now: datetime.datetime, warnings: list[str]) -> None:
+    path = tls.certfile
     if now > cert.not_valid_after_utc:
-        raise ConfigError(source, key, f"certificate {path} expired on "
-                          f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        raise ConfigError(source, "tls.certfile", f"certificate {path} expired on "
+                          f"{when(cert.not_valid_after_utc)}")
     if now < cert.not_valid_before_utc:
-        raise ConfigError(source, key, f"certificate {path} is not valid before "
-                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
-    days = (cert.not_valid_after_utc - now).days
-    if days < EXPIRY_WARNING_DAYS:
-        warnings.append(f"{key}: certificate {path} expires in {days} days "
-                        f"({cert.not_valid_after_utc:%Y-%m-%d})")
+        raise ConfigError(source, "tls.certfile", f"certificate {path} is not valid before "
+                          f"{when(cert.not_valid_before_utc)}")
+    warning = expiry_warning(tls, cert.not_valid_after_utc, now)
+    if warning is not None:
+        warnings.append(warning)
+
+
+def expiry_warning(tls: TLSConfig, not_after: datetime.datetime,
+                   now: Optional[datetime.datetime] = None) -> Optional[str]:
+    """The line that says tls.certfile has expired or expires within
+    `tls.expiry_warning_days`; None while it does not."""
+    if days_left(not_after, now) >= tls.expiry_warning_days:
+        return None
+    state = expires(not_after, now)
+    if state.startswith("expired"):
+        return (f"tls.certfile: certificate {tls.certfile} {state}, on {when(not_after)}: "
+                "every client refuses it; renew it, then reload (SIGHUP)")
+    return (f"tls.certfile: certificate {tls.certfile} {state}, on {when(not_after)} "
+            f"(tls.expiry_warning_days: {tls.expiry_warning_days}); renew it, then reload "
+            "(SIGHUP)")
 
 
 def _check_crl(source: Path, path: Path, ca_certs: Sequence[x509.Certificate],
-               now: datetime.datetime, warnings: list[str]) -> frozenset:
+               now: datetime.datetime, warnings: list[str]
+               ) -> tuple[frozenset, Optional[datetime.datetime]]:
     """A CRL must be signed by a client CA and current, or OpenSSL refuses everyone."""
     data = _read_bytes(source, "tls.crl_file", path)
     try:
@@ -314,7 +338,7 @@ def _check_crl(source: Path, path: Path, ca_certs: Sequence[x509.Certificate],
         warnings.append("tls.crl_file: no CRL for " + "; ".join(others)
                         + ": clients signed by them will be refused")
     issuer = crl.issuer.rfc4514_string()
-    return frozenset((issuer, entry.serial_number) for entry in crl)
+    return frozenset((issuer, entry.serial_number) for entry in crl), next_update
 
 
 def _san_strings(cert: x509.Certificate) -> tuple[str, ...]:

@@ -82,56 +82,9 @@ def plain_environ() -> dict[str, Any]:
     return {"wsgi.url_scheme": "http", TLS_PEER_KEY: None}
 
 
-# OpenSSL reason codes (`SSLError.reason`) -> what an operator should read in the log.
-_REASONS = {
-    "HTTP_REQUEST": "plain HTTP sent to the TLS port",
-    "HTTPS_PROXY_REQUEST": "HTTP proxy request sent to the TLS port",
-    "WRONG_VERSION_NUMBER": "not a TLS client hello (garbage or wrong protocol)",
-    "UNSUPPORTED_PROTOCOL": "client offered only TLS versions below the server minimum",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common",
-    "NO_SHARED_CIPHER": "no cipher in common",
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate",
-    "TLSV1_ALERT_UNKNOWN_CA": "client does not trust the server certificate (unknown CA)",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "client rejected the server certificate (bad certificate,"
-                                   " e.g. hostname mismatch)",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "client says the server certificate expired",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "client rejected the server certificate",
-    "UNEXPECTED_EOF_WHILE_READING": "client closed the connection during the handshake",
-    "EOF": "client closed the connection during the handshake",
-    "RECORD_LAYER_FAILURE": "malformed TLS record",
-    "PACKET_LENGTH_TOO_LONG": "malformed TLS record",
-    "UNSAFE_LEGACY_RENEGOTIATION_DISABLED": "renegotiation refused",
-}
-# X509 verify results (`SSLCertVerificationError.verify_message`) for client certs.
-_VERIFY = {
-    "unable to get local issuer certificate": "client certificate from an unknown CA",
-    "self-signed certificate": "self-signed client certificate",
-    "self signed certificate": "self-signed client certificate",
-    "certificate has expired": "client certificate expired",
-    "certificate is not yet valid": "client certificate not yet valid",
-    "certificate revoked": "client certificate revoked",
-    "unsuitable certificate purpose": "client certificate not for client authentication"
-                                      " (missing clientAuth extended key usage)",
-    "unable to get certificate CRL": "no CRL for the client certificate's issuer",
-    "CRL has expired": "the CRL has expired",
-}
-
-
 def handshake_failure_reason(exc: BaseException) -> str:
-    """One plain sentence for a failed server-side handshake (for the INFO log line)."""
-    verify_message = getattr(exc, "verify_message", None)
-    if verify_message:
-        return _VERIFY.get(verify_message, f"client certificate refused: {verify_message}")
-    reason = getattr(exc, "reason", None)
-    if reason in _REASONS:
-        return _REASONS[reason]
-    if reason:
-        return reason.replace("_", " ").lower()
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset by the client during the handshake"
-    if isinstance(exc, (BrokenPipeError, ConnectionAbortedError)):
-        return "connection closed by the client during the handshake"
-    text = str(exc) or type(exc).__name__
-    if "EOF occurred" in text:
-        return "client closed the connection during the handshake"
-    return text
+    """One plain sentence for a failed server-side handshake (`refusals.explain` has
+    the whole story: the client's certificate, the fix, OpenSSL's own words)."""
+    from .refusals import explain  # refusals imports this module
+
+    return explain(exc).reason

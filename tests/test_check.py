@@ -182,7 +182,7 @@ def test_unknown_ca(servers, test_pki, capsys) -> None:
     assert (f"trusted   NO, not by {test_pki.other_ca_pem}: self-signed certificate in "
             "certificate chain") in out
     assert "hostname  localhost matches the certificate" in out
-    server.wait_log(r"reason=client does not trust the server certificate \(unknown CA\)")
+    server.wait_log(r"reason=the client does not trust our certificate \(unknown CA\)")
 
 
 def test_unknown_ca_with_tls12_still_learns_the_certificate_request(servers, test_pki,
@@ -235,8 +235,8 @@ def test_expired_server_certificate(test_pki, capsys) -> None:
     assert code == 1
     assert result_lines(out) == (
         f"the server certificate expired on {end:%Y-%m-%d}.",
-        "renew the server certificate and restart the server; if the date looks wrong, "
-        "check this machine's clock.")
+        "renew the server certificate, then reload the server (securewsgi: SIGHUP) or "
+        "restart it; if the date looks wrong, check this machine's clock.")
     assert re.search(r"valid   \d{4}-\d\d-\d\d to \S+ \(expired \d+ days ago\)", out)
 
 
@@ -380,17 +380,25 @@ class _OpenSSLServer:
 # -------------------------------------------------------------- versions and ciphers
 
 
-@pytest.mark.parametrize("server_name, offered", [("tls12", "1.3"), ("tls13", "1.2")])
+VERSION_FIX = {
+    "1.3": "offer TLS 1.3 (--tls-version 1.3; raise the client's maximum version), or set "
+           "the server's tls.min_version: TLSv1.2.",
+    "1.2": "offer TLS 1.2 (--tls-version 1.2; lower the client's minimum version), or "
+           "remove the server's tls.max_version so it accepts TLS 1.3.",
+}
+
+
+@pytest.mark.parametrize("server_name, offered, accepted",
+                         [("tls12", "1.3", "1.2"), ("tls13", "1.2", "1.3")])
 def test_tls_version_mismatch(servers, test_pki, capsys, server_name: str,
-                              offered: str) -> None:
+                              offered: str, accepted: str) -> None:
+    """The check tries each version alone and says which one the server takes."""
     code, out, _ = check(capsys, url(servers[server_name]), "--ca", test_pki.ca_pem,
                          "--tls-version", offered)
     assert code == 1
-    explanation, fix = result_lines(out)
-    assert re.fullmatch(r"the client and the server have no TLS version in common "
-                        r"\(\[SSL: \w+\] [^)]+\)\.", explanation), explanation
-    assert fix == (f"this client offered only TLS {offered}; compare with the server's "
-                   "tls.min_version/tls.max_version (try --tls-version 1.2 or 1.3).")
+    assert result_lines(out) == (
+        f"the server accepts only TLS {accepted}; this client tried TLS {offered}.",
+        VERSION_FIX[accepted])
 
 
 def test_cipher_mismatch(servers, test_pki, capsys) -> None:
@@ -442,6 +450,33 @@ def test_a_port_that_speaks_something_else(capsys) -> None:
     assert report["problem"] == "not_tls"
     assert report["explanation"] == ("the server answered with something that is not TLS "
                                      "(first bytes b'SSH-2'; OpenSSL: wrong version number).")
+
+
+def test_http_url_to_a_plain_http_port_is_checked_as_plain_http(servers, capsys) -> None:
+    plain = servers["plain"]
+    report = check_json(capsys, f"http://localhost:{plain.port}/who")
+    assert report["ok"] is True and report["http_status"] == 200
+    assert report["protocol"] is None and report["chain"] == []
+    assert ("plain HTTP: nothing on this connection is encrypted, and no certificate is "
+            "checked") in report["notes"]
+
+
+def test_http_url_to_a_tls_port_that_just_closes(test_pki, capsys) -> None:
+    """A stdlib TLS server drops plain HTTP without a word: a TLS probe tells why."""
+    with TLSPeer(TLSPeer.context_for(test_pki.server_cert, test_pki.server_key)) as peer:
+        report = check_json(capsys, peer.url("/x", scheme="http"))
+    assert report["problem"] == "tls_port"
+    assert report["explanation"] == ("this port speaks TLS: use https://, not http:// (the "
+                                     "server refused the plain HTTP request).")
+    assert report["fix"] == f"use https://127.0.0.1:{peer.port}/x."
+
+
+def test_http_url_to_an_nginx_style_https_port(capsys) -> None:
+    reply = http_response("400 Bad Request", b"The plain HTTP request was sent to HTTPS "
+                                             b"port\n")
+    with TCPPeer(reply=reply) as peer:
+        report = check_json(capsys, peer.url(scheme="http"))
+    assert report["problem"] == "tls_port" and report["exit_code"] == 1
 
 
 def test_connection_refused(capsys) -> None:
@@ -512,7 +547,7 @@ def test_server_error_status(test_pki, capsys) -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["http://localhost:1/"], "give an https:// URL"),
+    (["ftp://localhost:1/"], "give an https:// URL"),
     (["https://localhost:1/", "--key", "k.pem"], "--key needs --cert"),
     (["https://localhost:1/", "--ca", "/nonexistent/ca.pem"],
      "ca_certs: /nonexistent/ca.pem: no such file"),

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .. import __version__
-from ..diagnose import DEFAULT_TIMEOUT, TLS_VERSIONS, Diagnosis, UsageError, diagnose
+from ..diagnose import DEFAULT_TIMEOUT, TLS_VERSIONS, Diagnosis, UsageError, diagnose, parse_iso
+from ..validity import plural, time_left
 
 PROG = "securewsgi-check"
 EXIT_USAGE = 2
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                     "certificate, HTTP status. Exit 0 when the request succeeded (status "
                     "< 400), 1 otherwise, 2 for usage errors.",
     )
-    parser.add_argument("url", metavar="URL", help="https://HOST[:PORT][/PATH]")
+    parser.add_argument("url", metavar="URL",
+                        help="https://HOST[:PORT][/PATH] (http:// says what the port speaks)")
     parser.add_argument("--ca", metavar="FILE",
                         help="CA file or directory to verify the server with "
                              "(default: the system trust store)")
@@ -91,10 +93,6 @@ def _usage(message: str) -> int:
 # ------------------------------------------------------------------ text output
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _date(iso: str) -> str:
     return iso[:10]  # YYYY-MM-DD of an ISO 8601 timestamp
 
@@ -137,10 +135,9 @@ def render_text(report: Diagnosis) -> str:
 def _chain_lines(report: Diagnosis) -> list[str]:
     if not report.chain:
         return []
-    lines = [f"server    sent {_plural(len(report.chain), 'certificate')}:"]
+    lines = [f"server    sent {plural(len(report.chain), 'certificate')}:"]
     for i, cert in enumerate(report.chain):
-        left = (f"expired {-cert.days_left} days ago" if cert.days_left < 0
-                else f"{_plural(cert.days_left, 'day')} left")
+        left = time_left(parse_iso(cert.not_after))
         lines += [f"  [{i}] subject {cert.subject}",
                   f"      issuer  {cert.issuer}"]
         if cert.sans:

@@ -6,10 +6,13 @@ bounded by their own timeouts.
 from __future__ import annotations
 
 import _socket
+import _ssl
 import contextlib
 import logging
+import re
 import resource
 import socket
+import struct
 import time
 from typing import Any, Optional
 
@@ -17,7 +20,8 @@ from ..config import ServerConfig
 from ..logs import WSGI_ERRORS, RateLimitedLog
 from ..proxyprotocol import ProxyHeaderError
 from ..proxyprotocol import read_header as read_proxy_header
-from ..tlsfacts import PROXIED_BY_KEY, handshake_failure_reason
+from ..refusals import Refusal, explain
+from ..tlsfacts import PROXIED_BY_KEY
 
 log = logging.getLogger("securewsgi.server")
 # Refused handshakes are triggered by clients at will: rate-limit their log lines.
@@ -89,13 +93,89 @@ def read_proxied_address(sock: Any, peer: str, addr: Any, timeout: float
 
 
 def handshake_failed(peer: str, exc: Optional[BaseException] = None,
-                     reason: Optional[str] = None) -> None:
+                     reason: Optional[str] = None, sock: Any = None) -> None:
     """One rate-limited line for a refused TLS handshake: `exc` is what the handshake
-    raised (turned into a plain reason here), or `reason` says it when nothing raised
-    (a deadline, a resumed session refused)."""
-    if reason is None:
-        reason = handshake_failure_reason(exc) if exc is not None else "unknown"
-    handshake_log.info("TLS handshake failed: client=%s reason=%s", peer, reason)
+    raised (turned into a plain reason, a fix and the client's certificate by
+    `refusals.explain`), or `reason` says it when nothing raised (a deadline).
+
+    `sock`, the connection's TLS socket, is where the evidence is read from, only now
+    that the handshake has failed: the certificate chain OpenSSL tried to verify, the
+    SNI name, our own certificate and CAs (`ServerFacts` on its context), and whether
+    the client sent anything at all. A client that spoke plain HTTP is answered with a
+    plain-text 400 on it. The text line keeps `TLS handshake failed: client=ADDR` first;
+    JSON logs get every fact as its own key."""
+    refusal = Refusal(reason) if reason is not None else explain(exc, **_evidence(sock, exc))
+    handshake_log.info("TLS handshake failed: client=%s %s", peer, refusal.text(),
+                       extra=refusal.fields(peer))
+    if refusal.plain_http and sock is not None:  # after the line: it is there once answered
+        answer_plain_http(sock)
+
+
+def _evidence(sock: Any, exc: Optional[BaseException]) -> dict[str, Any]:
+    if sock is None:
+        return {}
+    eof = isinstance(exc, (ConnectionError, EOFError)) or "EOF" in str(
+        getattr(exc, "reason", "") or "") or "EOF occurred" in str(exc)
+    return {"server": getattr(getattr(sock, "context", None), "securewsgi_server", None),
+            "chain": peer_chain(sock), "sni": getattr(sock, "securewsgi_sni", None),
+            "silent": received_nothing(sock) if eof else None}
+
+
+def peer_chain(sock: Any) -> list[bytes]:
+    """DER certificates the client sent, leaf first, after a failed handshake: the chain
+    OpenSSL built while verifying them (kept also when verification failed); after a
+    finished handshake (a resumed session refused), the peer certificate."""
+    getter = getattr(getattr(sock, "_sslobj", None), "get_verified_chain", None)
+    chain = None
+    if getter is not None:
+        with contextlib.suppress(Exception):  # a private CPython API: never fail here
+            chain = getter()
+    if chain:
+        return [cert.public_bytes(_ssl.ENCODING_DER) for cert in chain]
+    try:
+        der = sock.getpeercert(binary_form=True)
+    except (AttributeError, ValueError, OSError):
+        return []
+    return [der] if der else []
+
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux only
+_DATA_SEGS_IN = 152  # offset of tcpi_data_segs_in in struct tcp_info (Linux 4.6+)
+
+
+def received_nothing(sock: Any) -> Optional[bool]:
+    """Did the client close without sending a single byte (None: cannot tell)?"""
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = _socket.socket.getsockopt(sock, socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except (OSError, TypeError):
+        return None
+    if len(info) < _DATA_SEGS_IN + 4:
+        return None
+    return struct.unpack_from("I", info, _DATA_SEGS_IN)[0] == 0
+
+
+_HOST = re.compile(rb"\r\nhost:[ \t]*([A-Za-z0-9.:\[\]-]{1,255})[ \t]*\r\n", re.I)
+
+
+def answer_plain_http(sock: Any) -> None:
+    """Answer plain HTTP on a TLS port in plain HTTP, as nginx does (its 497): a short
+    400 saying this port speaks HTTPS. OpenSSL consumed the start of the request line;
+    the rest is read first (so closing sends a FIN, not a reset that would destroy the
+    answer) and its Host names the https:// URL to use."""
+    try:
+        pending = _socket.socket.recv(sock, 65536, socket.MSG_DONTWAIT)
+    except OSError:
+        pending = b""
+    match = _HOST.search(pending)
+    target = f"https://{match.group(1).decode('ascii')}/" if match else "https://"
+    body = f"This port speaks HTTPS: use {target} instead of http://.\n".encode()
+    head = (f"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    with contextlib.suppress(OSError):
+        _socket.socket.send(sock, head + body)
+    shutdown_write(sock)
 
 
 def proxy_header_refused(peer: str, reason: object) -> None:

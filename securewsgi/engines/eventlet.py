@@ -218,7 +218,7 @@ class _Server:
         except eventlet.Timeout:
             common.handshake_failed(conn.peer, reason=f"no TLS handshake within {timeout:g}s")
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            common.handshake_failed(conn.peer, exc)
+            common.handshake_failed(conn.peer, exc, sock=conn.sock)
         return None
 
     # ---------------------------------------------------------------------- stopping

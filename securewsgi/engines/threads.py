@@ -366,7 +366,7 @@ class _Server:
         conn.deadline = time.monotonic() + conn.http.idle_timeout()
 
     def _handshake_failed(self, conn: _Conn, exc: BaseException) -> None:
-        common.handshake_failed(conn.http.peer, exc)
+        common.handshake_failed(conn.http.peer, exc, sock=conn.sock)
         self._close(conn)
 
     def _serve(self, conn: _Conn) -> None:
