@@ -165,6 +165,18 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus `/metrics` over plain HTTP; off while `port` is None."""
+
+    port: Optional[int] = None  # 0 = pick a free port (the start-up line says which)
+    host: str = "127.0.0.1"
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     server: ServerConfig = ServerConfig()
@@ -173,6 +185,7 @@ class Config:
     identity: IdentityConfig = IdentityConfig()
     authorization: AuthorizationConfig = AuthorizationConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def error(self, key: Optional[str], message: str) -> ConfigError:
         """A `ConfigError` about this file, for checks made after loading."""
@@ -412,14 +425,20 @@ def _expand_tree(node: Any, environ: Mapping[str, str], where: str, source: Path
 # --------------------------------------------------------------------- file formats
 
 
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """`invalid YAML: line 3, column 5: <problem>`, the one way every YAML file we read
+    (service files, policy files, logging files) reports a syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"invalid YAML: {where}{problem}"
+
+
 def _read_yaml(source: Path, content: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(content)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source, None, f"invalid YAML: {where}{problem}") from None
+        raise ConfigError(source, None, yaml_error_text(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -861,6 +880,35 @@ def _read_logging(source: Path, raw: Any) -> LoggingConfig:
     return cfg
 
 
+def _metrics_host(raw: Any) -> str:
+    """An IP address or a host name to bind; brackets around IPv6 are optional."""
+    value = text(raw)
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", bare):
+        raise ValueError(f"expected an IP address or a host name, got {raw!r}")
+    return bare
+
+
+def _read_metrics(source: Path, raw: Any) -> MetricsConfig:
+    s = _Section(source, "metrics", raw)
+    d = MetricsConfig()
+    host_given = s.has("host")
+    cfg = MetricsConfig(
+        port=s.take("port", optional(int_in(0, 65535)), d.port),
+        host=s.take("host", _metrics_host, d.host),
+    )
+    s.finish()
+    if host_given and cfg.port is None:
+        # Metrics are off without a port; a host alone would be silently ignored.
+        raise s.error("host", "has no effect without metrics.port (metrics are off "
+                      "unless a port is set)")
+    return cfg
+
+
 _SECTIONS: dict[str, Callable[[Path, Any], Any]] = {
     "server": _read_server,
     "tls": _read_tls,
@@ -868,6 +916,7 @@ _SECTIONS: dict[str, Callable[[Path, Any], Any]] = {
     "identity": _read_identity,
     "authorization": _read_authorization,
     "logging": _read_logging,
+    "metrics": _read_metrics,
 }
 
 
@@ -955,6 +1004,9 @@ def _check_across_sections(config: Config) -> None:
     if config.server.proxy_protocol and not config.identity.trusted_proxies:
         raise config.error("server.proxy_protocol", "needs identity.trusted_proxies: a PROXY "
                            "header is read only from those addresses")
+    if config.metrics.port and config.metrics.port == config.server.port:
+        raise config.error("metrics.port", f"is server.port ({config.server.port}): "
+                           "/metrics needs a port of its own")
     if config.identity.trusted_proxy_identities and config.tls.mode not in ("optional",
                                                                              "mutual"):
         raise config.error("identity.trusted_proxy_identities",

@@ -83,6 +83,11 @@ def _log_level(section: Any, value: Any) -> Any:
     return _OMIT if section.config_file is not None else value
 
 
+def _metrics_host(section: Any, value: Any) -> Any:
+    # Without a port metrics are off, and a host next to no port is refused.
+    return _OMIT if section.port is None else value
+
+
 def _app_value(_section: Any, value: Any) -> Any:
     # factory and paste exclude each other even as nulls; options only go with factory.
     return _OMIT if value is None or value == {} else _plain(value)
@@ -96,6 +101,7 @@ _SPECIAL = {
     ("app", "factory"): _app_value,
     ("app", "paste"): _app_value,
     ("app", "options"): _app_value,
+    ("metrics", "host"): _metrics_host,
 }
 
 

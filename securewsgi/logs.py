@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .config import INI_SUFFIXES, LoggingConfig
+from .config import INI_SUFFIXES, LoggingConfig, yaml_error_text
 from .errors import ConfigError
 
 DICT_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -119,10 +119,7 @@ def _read_dict_config(content: str) -> dict:
     try:
         data = yaml.safe_load(content)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"invalid YAML: {where}{problem}") from None
+        raise ValueError(yaml_error_text(exc)) from None
     if not isinstance(data, dict):
         raise ValueError("expected a logging.config.dictConfig mapping (with version: 1)")
     if data.get("version") != 1:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 import yaml
 
 from . import config as _config
+from . import metrics
 from .authz import Decision, Policy, compile_entry, compile_policy
 from .config import AllowEntry, AuthorizationConfig, IdentityConfig, RuleConfig
 from .errors import ConfigError
@@ -319,6 +320,7 @@ class IdentityMiddleware:
     @staticmethod
     def _log_denied(decision: Decision, method: str, path: str,
                     peer: Optional[PeerIdentity]) -> None:
+        metrics.recorder.denied(decision.rule)  # a no-op unless securewsgi-run counts
         client = "anonymous" if peer is None else f"{peer.subject} (via {peer.source})"
         authz_log.warning("denied by rule %s: %s %s client=%s", decision.rule,
                           _printable(method, 20), _printable(path), _printable(client))
@@ -501,10 +503,7 @@ def _read_policy_file(path: Path) -> tuple:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, None, f"cannot read: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(path, None, f"invalid YAML: {where}"
-                                      f"{getattr(exc, 'problem', None) or exc}") from None
+        raise ConfigError(path, None, _config.yaml_error_text(exc)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .config import TLSConfig
 from .errors import ConfigError
@@ -50,12 +50,16 @@ class TLSReloader:
         self._refused: Optional[str] = None
         # The start-up lines already said how soon the certificate expires.
         self._expiry_noted = (self._expiry_state(), time.monotonic())
+        # Told whether each reload succeeded (metrics count them once per service).
+        self.on_result: Optional[Callable[[bool], None]] = None
 
     def for_worker(self) -> TLSReloader:
         """A copy for a worker forked from the supervisor: same material, same view of
-        the files, and it says what it loads."""
+        the files, and it says what it loads. Its reloads are not counted: the
+        supervisor's, of the same files at the same moment, are the service's."""
         worker = copy.copy(self)
         worker._announce = True
+        worker.on_result = None
         return worker
 
     def material(self) -> ServerTLS:
@@ -71,10 +75,12 @@ class TLSReloader:
             self._refused = fingerprint
             log.error("TLS reload (%s) failed; still serving the previous material: %s",
                       why, (exc.key and f"{exc.key}: {exc.message}") or exc.message)
+            self._tell(False)
             return False
         self.current = new
         self._loaded, self._refused, self._candidate = fingerprint, None, None
         self._expiry_noted = (self._expiry_state(), time.monotonic())
+        self._tell(True)
         if not self._announce:
             return True
         if new.certificate is not None:
@@ -82,6 +88,10 @@ class TLSReloader:
         for warning in new.warnings:
             log.warning("%s", warning)
         return True
+
+    def _tell(self, ok: bool) -> None:
+        if self.on_result is not None:
+            self.on_result(ok)
 
     def check_expiry(self, now: Optional[float] = None) -> None:
         """Say again, daily, that the certificate expires soon or has expired, and at

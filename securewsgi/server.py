@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__, engines, systemd
+from . import __version__, engines, metrics, systemd
 from .accesslog import make_writer
 from .appload import load_app
 from .config import Config, ServerConfig
@@ -55,6 +55,7 @@ class _Launch:
     notifier: systemd.Notifier
     activated: Optional[socket.socket] = None
     pid_file: Optional[PidFile] = None
+    exporter: Optional[metrics.Exporter] = None  # /metrics, served by this process
 
 
 def serve(config: Config, pid_file: Optional[Path] = None) -> int:
@@ -71,12 +72,16 @@ def serve(config: Config, pid_file: Optional[Path] = None) -> int:
     if pid is not None:
         pid.refuse_live()
     status = systemd.describe(config.server.workers, config.tls.mode, config.server.engine)
-    launch = _Launch(systemd.Notifier.from_environment(status), systemd.listen_socket(), pid)
+    exporter = metrics.start(config.metrics)  # before any metric exists or worker forks
+    launch = _Launch(systemd.Notifier.from_environment(status), systemd.listen_socket(), pid,
+                     exporter)
     try:
         if config.server.workers == 1:
             return _run_worker(config, None, None, forked=False, launch=launch)
         return _supervise(config, launch)
     finally:
+        if exporter is not None:
+            exporter.close()
         if pid is not None:
             pid.remove()
 
@@ -90,6 +95,8 @@ def _supervise(config: Config, launch: _Launch) -> int:
     # do), and a worker it forks starts from that copy instead of the files: if the
     # files on disk are broken right then, a replacement worker still serves.
     reloader = TLSReloader(config.tls, config.source, tls, announce=False)
+    if config.metrics.enabled:  # the service's reloads: the workers' copies do not count
+        reloader.on_result = metrics.ServiceMetrics().reloaded
     periodic = []
     if config.tls.reload_interval > 0 and config.tls.enabled:
         periodic.append((config.tls.reload_interval, reloader.poll))
@@ -155,9 +162,14 @@ def _run_worker(config: Config, listener: Optional[socket.socket],
     early_signals = _EarlySignals()
     engine = engines.load(config.server.engine)  # late: only serving needs an engine
     engine.prepare_process(config.server, forked=forked)  # before the app is imported
+    # Created here, after the fork: each worker writes metric files of its own.
+    worker_metrics = metrics.WorkerMetrics() if config.metrics.enabled else None
+    metrics.install(worker_metrics)
     if reloader is None:
         tls, app = prepare(config)
         reloader = TLSReloader(config.tls, config.source, tls)
+        if config.metrics.enabled:
+            reloader.on_result = metrics.ServiceMetrics().reloaded
     else:
         app = build_pipeline(load_app(config.app, config.source), config)
     if listener is None:
@@ -165,6 +177,12 @@ def _run_worker(config: Config, listener: Optional[socket.socket],
     access_log = make_writer(config.logging.access_log, config.logging.format,
                              config.server.log_x_forwarded_for)
     every = []
+    on_response = access_log
+    if worker_metrics is not None:
+        on_response = metrics.observe_requests(access_log, worker_metrics)
+        worker_metrics.publish_tls(reloader.current)  # in the first scrape already
+        every.append((metrics.REFRESH_SECONDS,
+                      lambda: worker_metrics.publish_tls(reloader.current)))
     if config.tls.reload_interval > 0 and config.tls.enabled:
         every.append((config.tls.reload_interval, reloader.poll))
     if config.tls.enabled:
@@ -200,9 +218,10 @@ def _run_worker(config: Config, listener: Optional[socket.socket],
         proxy_from = TrustedProxies(config.identity.trusted_proxies).__contains__
     try:
         return engine.run(listener, app, config.server, reloader.material,
-                          access_log=access_log, proxy_from=proxy_from,
+                          access_log=on_response, proxy_from=proxy_from,
                           on_signal={signal.SIGHUP: on_sighup}, every=every,
-                          at_start=at_start)
+                          at_start=at_start,
+                          on_connections=worker_metrics and worker_metrics.connections)
     finally:
         notifier.stopping()  # once: after a signal, the chained handler already said it
 
@@ -244,7 +263,9 @@ def _bind_and_announce(config: Config, tls: ServerTLS, launch: _Launch) -> socke
         launch.pid_file.write()
     host, port = listener.getsockname()[:2]
     shown_host = host if launch.activated is not None else None
-    for line in summary_lines(config, tls, port, host=shown_host, origin=origin):
+    metrics_port = launch.exporter.port if launch.exporter is not None else None
+    for line in summary_lines(config, tls, port, host=shown_host, origin=origin,
+                              metrics_port=metrics_port):
         log.info("%s", line)
     for warning in tls.warnings + tuple(plain_http_warnings(config, host=shown_host)):
         log.warning("%s", warning)
@@ -258,10 +279,10 @@ def url(config: Config, port: int, host: Optional[str] = None) -> str:
 
 
 def summary_lines(config: Config, tls: ServerTLS, port: int, host: Optional[str] = None,
-                  origin: str = "") -> list[str]:
+                  origin: str = "", metrics_port: Optional[int] = None) -> list[str]:
     """What is about to be served, for the start-up log and `--check`. `host` is the
     address actually listened on when it differs from the config's (socket activation);
-    `origin` says where the socket came from."""
+    `origin` says where the socket came from; `metrics_port` the bound metrics port."""
     s = config.server
     lines = [
         f"securewsgi {__version__} listening on {url(config, port, host)}{origin} "
@@ -289,7 +310,21 @@ def summary_lines(config: Config, tls: ServerTLS, port: int, host: Optional[str]
     lines.append(f"app: {config.app.description}; identity: remote_user="
                  f"{identity.remote_user}, {proxies}; authorization: {len(rules)} rule(s), "
                  f"default {config.authorization.default}")
+    if config.metrics.enabled:
+        lines.append(metrics_line(config, metrics_port))
     return lines
+
+
+def metrics_line(config: Config, port: Optional[int] = None) -> str:
+    """`metrics: http://127.0.0.1:9100/metrics (...)`; `port` once bound (metrics.port
+    0 picks a free one)."""
+    m = config.metrics
+    port = m.port if port is None else port
+    host = f"[{m.host}]" if ":" in m.host else m.host
+    where = "a free port, named at start" if port == 0 else f"http://{host}:{port}/metrics"
+    served = ("by the supervisor, totals of all workers" if config.server.workers > 1
+              else "by the worker")
+    return f"metrics: {where} (plain HTTP, Prometheus text format, served {served})"
 
 
 def _engine_text(server: ServerConfig) -> str:
@@ -300,10 +335,15 @@ def _engine_text(server: ServerConfig) -> str:
 
 def plain_http_warnings(config: Config, host: Optional[str] = None) -> list[str]:
     host = config.server.host if host is None else host
-    if config.tls.enabled or _is_loopback(host):
-        return []
-    return [f"tls.mode is none: serving plain HTTP on {host}, which is not "
-            "loopback; credentials and identities travel unencrypted"]
+    warnings = []
+    if not config.tls.enabled and not _is_loopback(host):
+        warnings.append(f"tls.mode is none: serving plain HTTP on {host}, which is not "
+                        "loopback; credentials and identities travel unencrypted")
+    if config.metrics.enabled and not _is_loopback(config.metrics.host):
+        warnings.append(f"metrics.host is {config.metrics.host}, which is not loopback: "
+                        "/metrics is plain HTTP without authentication, readable by anyone "
+                        "who can reach that port (restrict it with a firewall)")
+    return warnings
 
 
 def _is_loopback(host: str) -> bool:

@@ -9,7 +9,7 @@ engine module provides the same two functions:
     Called in the worker before the application is imported (eventlet's monkey
     patching must happen first; a forked worker may need a fresh event loop).
 ``run(listener, app, config, tls, *, access_log, proxy_from, on_signal, every,
-at_start) -> int``
+at_start, on_connections) -> int``
     Serve until SIGTERM/SIGINT, then stop gracefully; return the exit code. The
     arguments are described in `eventlet.run`.
 

@@ -14,8 +14,9 @@ import resource
 import socket
 import struct
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from .. import metrics
 from ..config import ServerConfig
 from ..logs import WSGI_ERRORS, RateLimitedLog
 from ..proxyprotocol import ProxyHeaderError
@@ -105,6 +106,7 @@ def handshake_failed(peer: str, exc: Optional[BaseException] = None,
     plain-text 400 on it. The text line keeps `TLS handshake failed: client=ADDR` first;
     JSON logs get every fact as its own key."""
     refusal = Refusal(reason) if reason is not None else explain(exc, **_evidence(sock, exc))
+    metrics.recorder.handshake_refused(refusal.reason)  # counted even when the line is not
     handshake_log.info("TLS handshake failed: client=%s %s", peer, refusal.text(),
                        extra=refusal.fields(peer))
     if refusal.plain_http and sock is not None:  # after the line: it is there once answered
@@ -227,6 +229,15 @@ def shutdown_write(sock: _socket.socket) -> None:
     """Half-close TCP (FIN after our last bytes) while we keep reading."""
     with contextlib.suppress(OSError):
         _socket.socket.shutdown(sock, socket.SHUT_WR)
+
+
+def run_task(task: Callable[[], None]) -> None:
+    """A periodic or signal-triggered task (reload, log flush): its failure is logged,
+    never the end of the loop that runs it."""
+    try:
+        task()
+    except Exception:
+        log.exception("background task %s failed", getattr(task, "__qualname__", task))
 
 
 def raise_file_limit(needed: int) -> None:

@@ -45,6 +45,7 @@ with warnings.catch_warnings():  # eventlet warns about its own deprecation on i
 
 import contextlib
 
+from .. import metrics
 from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection
 from ..tls import ServerTLS
@@ -214,7 +215,9 @@ class _Server:
             with eventlet.Timeout(timeout):
                 tls.do_handshake()
             common.quick_ack(tls)
-            return connection_environ(tls, state.revoked)
+            facts = connection_environ(tls, state.revoked)
+            metrics.recorder.handshake_completed()
+            return facts
         except eventlet.Timeout:
             common.handshake_failed(conn.peer, reason=f"no TLS handshake within {timeout:g}s")
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -235,6 +238,10 @@ class _Server:
 
     def in_flight(self) -> int:
         return sum(1 for conn in self.connections if not conn.idle)
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open connections, those with a request in progress), for metrics."""
+        return len(self.connections), self.in_flight()
 
     def drain(self, timeout: float) -> bool:
         """Wait for the connections to end; False when `timeout` ran out first."""
@@ -292,7 +299,8 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         proxy_from: Optional[Callable[[str], bool]] = None,
         on_signal: Optional[dict[int, Task]] = None,
         every: Optional[list[tuple[float, Task]]] = None,
-        at_start: Optional[list[Task]] = None) -> int:
+        at_start: Optional[list[Task]] = None,
+        on_connections: Optional[Callable[[int, int], None]] = None) -> int:
     """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code.
 
     `tls` is asked for the current TLS material at every new connection (so a reload
@@ -300,16 +308,22 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     tasks, and `every` lists (seconds, task) to run periodically; both run in their own
     greenthreads, so a slow task never blocks serving. `at_start` tasks run once,
     after the signal handlers are installed. With `proxy_from`, connections from
-    addresses it accepts must start with a PROXY protocol header.
+    addresses it accepts must start with a PROXY protocol header. `on_connections`
+    is told (open connections, those with a request in progress) every
+    `metrics.REFRESH_SECONDS`.
     """
     common.raise_file_limit(config.max_connections + 64)
     server = _Server(listener, app, config, tls, access_log, proxy_from)
+    every = list(every or [])
+    if on_connections is not None:
+        every.append((metrics.REFRESH_SECONDS,
+                      lambda: on_connections(*server.connection_counts())))
     stop = eventlet.event.Event()
     accept_loop = eventlet.spawn(server.accept_forever)
     accept_loop.link(lambda _gt: stop.ready() or stop.send("the accept loop ended"))
     _install_signal_handlers(stop, on_signal or {})
     for task in at_start or []:
-        eventlet.spawn_n(_run_task, task)
+        eventlet.spawn_n(common.run_task, task)
     helpers = [eventlet.spawn(_tick, stop)]
     for seconds, task in [(5.0, handshake_log.flush), *(every or [])]:
         helpers.append(eventlet.spawn(_repeat, seconds, task))
@@ -340,7 +354,7 @@ def _install_signal_handlers(stop: Any, tasks: dict[int, Task]) -> None:
 
     def on_task(signum: int, _frame: Any) -> None:
         # Not in the signal handler itself: that may interrupt any greenthread.
-        eventlet.spawn_n(_run_task, tasks[signum])
+        eventlet.spawn_n(common.run_task, tasks[signum])
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_stop)
@@ -348,17 +362,12 @@ def _install_signal_handlers(stop: Any, tasks: dict[int, Task]) -> None:
         signal.signal(signum, on_task)
 
 
-def _run_task(task: Task) -> None:
-    try:
-        task()
-    except Exception:
-        log.exception("background task %s failed", getattr(task, "__qualname__", task))
 
 
 def _repeat(seconds: float, task: Task) -> None:
     while True:
         eventlet.sleep(seconds)
-        _run_task(task)
+        common.run_task(task)
 
 
 def _tick(stop: Any) -> None:
@@ -366,4 +375,3 @@ def _tick(stop: Any) -> None:
     sleep up to 60 s, and work scheduled from a signal handler would wait as long."""
     while not stop.ready():
         eventlet.sleep(_TICK_SECONDS)
-

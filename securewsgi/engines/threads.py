@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from .. import metrics
 from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection, Refusal
 from ..tls import ServerTLS
@@ -356,6 +357,7 @@ class _Server:
             self._handshake_failed(conn, exc)
             return False
         common.quick_ack(conn.sock)
+        metrics.recorder.handshake_completed()
         self._handshake_done(conn, facts)
         return True
 
@@ -539,6 +541,13 @@ class _Server:
     def in_flight(self) -> int:
         return sum(1 for conn in self.conns.values() if not conn.http.idle)
 
+    def connection_counts(self) -> tuple[int, int]:
+        """(open connections, those with a request in progress), for metrics. From the
+        main thread while pool threads add and remove connections: a copy first (one
+        C-level step under the GIL), so the dict never changes under the count."""
+        conns = list(self.conns.values())
+        return len(conns), sum(1 for conn in conns if not conn.http.idle)
+
     def drain(self, timeout: float) -> bool:
         """Wait for in-flight requests to finish; False when `timeout` ran out."""
         deadline = time.monotonic() + timeout
@@ -583,15 +592,21 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         proxy_from: Optional[Callable[[str], bool]] = None,
         on_signal: Optional[dict[int, Task]] = None,
         every: Optional[list[tuple[float, Task]]] = None,
-        at_start: Optional[list[Task]] = None) -> int:
+        at_start: Optional[list[Task]] = None,
+        on_connections: Optional[Callable[[int, int], None]] = None) -> int:
     """Serve `app` on `listener` until SIGTERM/SIGINT, then stop gracefully; exit code.
 
     Same contract as the eventlet engine's `run`: `tls` is asked for the material at
     each new connection, `on_signal` tasks and `every` (seconds, task) pairs run in
-    the main thread, `at_start` once after the signal handlers are installed.
+    the main thread, `at_start` once after the signal handlers are installed, and
+    `on_connections` gets (open, in progress) every `metrics.REFRESH_SECONDS`.
     """
     common.raise_file_limit(config.max_connections + 64)
     server = _Server(listener, app, config, tls, access_log, proxy_from)
+    every = list(every or [])
+    if on_connections is not None:
+        every.append((metrics.REFRESH_SECONDS,
+                      lambda: on_connections(*server.connection_counts())))
     stop = threading.Event()
     why: list[str] = []
     pending: list[Task] = []
@@ -611,21 +626,21 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         signal.signal(signum, on_task)
     server.start()
     for task in at_start or []:
-        _run_task(task)
+        common.run_task(task)
     timers = [[seconds, time.monotonic() + seconds, task]
               for seconds, task in [(5.0, handshake_log.flush), *(every or [])]]
     while not why:
         stop.wait(0.1 if len(server.conns) < 2000 else 0.5)
         stop.clear()
         while pending:
-            _run_task(pending.pop(0))
+            common.run_task(pending.pop(0))
         server.expire()
         server.rearm_listener()
         now = time.monotonic()
         for timer in timers:
             if now >= timer[1]:
                 timer[1] = now + timer[0]
-                _run_task(timer[2])
+                common.run_task(timer[2])
     log.info("%s received: no new connections; waiting up to %gs for %d in-flight "
              "request(s)", why[0], config.shutdown_timeout, server.in_flight())
     server.stop_accepting()
@@ -635,10 +650,3 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     server.close()
     log.info("stopped")
     return 0
-
-
-def _run_task(task: Task) -> None:
-    try:
-        task()
-    except Exception:
-        log.exception("background task %s failed", getattr(task, "__qualname__", task))
