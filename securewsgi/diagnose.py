@@ -190,7 +190,8 @@ class Diagnosis:
         return {key: data[key] for key in JSON_KEYS}
 
 
-#: The keys of ``securewsgi-check --json``, in output order (documented in docs/clients.rst).
+#: The keys of ``securewsgi-check --json``, in output order (documented in the README,
+#: section "Checking a connection").
 JSON_KEYS = (
     "url", "ok", "exit_code", "problem", "explanation", "fix", "detail",
     "host", "port", "path", "address", "ca", "tls_version", "tcp_connected", "handshake_completed",

@@ -125,7 +125,7 @@ class PeerIdentity:
         return max(0, days_left(self.not_after, now))
 
     def environ(self) -> dict[str, str]:
-        """The SSL_CLIENT_* keys of SPEC §5 (computed once, then shared read-only)."""
+        """The mod_ssl-style SSL_CLIENT_* keys (computed once, then shared read-only)."""
         if not self._environ:
             self._environ.update(_client_environ(self))
         return self._environ

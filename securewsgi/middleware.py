@@ -1,4 +1,4 @@
-"""`IdentityMiddleware`: who is calling (SPEC §5) and may they (SPEC §6)?
+"""`IdentityMiddleware`: who is calling, and may they?
 
 Per request, in this order:
 

@@ -5,7 +5,7 @@ This exists so that trying securewsgi (and testing it) needs no ``openssl`` reci
 on ``cryptography`` only, never shells out, and is meant for development and tests;
 production certificates come from a real CA.
 
-File layout of a PKI directory (see SPEC section 7)::
+File layout of a PKI directory (README, "Development PKI")::
 
     ca.pem  ca-key.pem  server.pem  server-key.pem  crl.pem  NAME.pem  NAME-key.pem
 
