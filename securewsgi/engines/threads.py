@@ -229,6 +229,8 @@ class _Server:
                 except BlockingIOError:
                     break
                 except OSError as exc:
+                    if not self.accepting:
+                        return  # the listener was closed by a graceful stop meanwhile
                     if exc.errno not in _TRANSIENT_ACCEPT:
                         raise
                     self._accept_failed(exc)
