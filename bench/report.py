@@ -798,7 +798,8 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     if not profiles:
         return []
     lines = heading("Where securewsgi spends its CPU", "-")
-    lines += ["py-spy samples of the server process while ab drives it (grouped by "
+    client = results.get("plan", {}).get("client") or "the load generator"
+    lines += [f"py-spy samples of the server process while {client} drives it (grouped by "
               "function; idle samples dropped, so shares are of busy time). *Self* is time "
               "in the function itself, C calls it makes included; *total* includes "
               "everything it calls.", ""]
