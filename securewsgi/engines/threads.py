@@ -284,8 +284,11 @@ class _Server:
         if self.proxy_from is not None and self.proxy_from(str(addr[0])):
             self._release(conn, _IN)  # the header is read once it arrives
         else:
+            # Its first handshake step waits for epoll like every other step, instead
+            # of running here: an accept batch would otherwise hold the leader for a
+            # handshake's worth of crypto per connection while other events wait.
             self._start_tls(conn)
-            self._advance(conn)
+            self._release(conn, _IN)
 
     def _drop(self, victim: _Conn) -> None:
         """End an unfinished handshake that the budget gave up for a newer one."""
