@@ -231,6 +231,28 @@ def shutdown_write(sock: _socket.socket) -> None:
         _socket.socket.shutdown(sock, socket.SHUT_WR)
 
 
+def periodic_tasks(every: Optional[list[tuple[float, Callable[[], None]]]],
+                   on_connections: Optional[Callable[[int, int], None]],
+                   counts: Callable[[], tuple[int, int]]
+                   ) -> list[tuple[float, Callable[[], None]]]:
+    """What an engine runs periodically: the caller's tasks, the flush of suppressed
+    handshake lines, and (for metrics) its connection counts."""
+    tasks = [(5.0, handshake_log.flush), *(every or [])]
+    if on_connections is not None:
+        tasks.append((metrics.REFRESH_SECONDS, lambda: on_connections(*counts())))
+    return tasks
+
+
+def no_address(_address: str) -> bool:
+    """The exemption test of a listener without trusted proxies: nobody is exempt."""
+    return False
+
+
+def close_quietly(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
 def run_task(task: Callable[[], None]) -> None:
     """A periodic or signal-triggered task (reload, log flush): its failure is logged,
     never the end of the loop that runs it."""

@@ -52,7 +52,6 @@ from ..tls import ServerTLS
 from ..tlsfacts import connection_environ, plain_environ
 from . import common
 from .admission import HandshakeBudget
-from .common import handshake_log
 
 log = logging.getLogger("securewsgi.server")
 
@@ -116,7 +115,7 @@ class _Server:
         self.connections: set[Connection] = set()
         self.handshaking: dict[Connection, Any] = {}  # -> its greenthread
         self.budget = HandshakeBudget(min(config.max_handshakes, config.max_connections),
-                                      config.max_handshakes_per_ip, proxy_from or _nobody)
+                                      config.max_handshakes_per_ip, proxy_from or common.no_address)
         self.base = common.base_environ(listener, config)
         self.accepting = True
         self._warned_accept = False
@@ -138,7 +137,7 @@ class _Server:
                               common.address(addr))
             admitted, victim = self.budget.admit(conn, str(addr[0]))
             if not admitted:
-                _close(sock)
+                common.close_quietly(sock)
                 continue
             if victim is not None:
                 self._drop(victim)
@@ -152,7 +151,7 @@ class _Server:
         thread = self.handshaking.pop(conn, None)
         if thread is not None:
             thread.kill()  # a started one closes its socket on the way out
-        _close(conn.sock)  # one that never started cannot
+        common.close_quietly(conn.sock)  # one that never started cannot
 
     def _accept_failed(self, exc: OSError) -> None:
         """EMFILE and friends: wait a moment instead of ending the server (an error
@@ -176,7 +175,7 @@ class _Server:
         finally:
             self._handshake_over(conn)
             self.connections.discard(conn)
-            _close(conn.sock)
+            common.close_quietly(conn.sock)
 
     def _handshake_over(self, conn: Connection) -> None:
         self.handshaking.pop(conn, None)
@@ -230,7 +229,7 @@ class _Server:
         """Refuse new connections now: the listener stays open while draining
         otherwise, and new connections would hang, then be reset."""
         self.accepting = False
-        _close(self.listener)
+        common.close_quietly(self.listener)
         for conn in list(self.connections):
             conn.closing = True
             if conn.idle:
@@ -249,10 +248,6 @@ class _Server:
             self.pool.waitall()
             return True
         return False
-
-
-def _nobody(_address: str) -> bool:
-    return False
 
 
 def _end_session(conn: Connection) -> None:
@@ -289,11 +284,6 @@ def _shutdown(sock: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _close(sock: Any) -> None:
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         tls: TLSGetter, *, access_log: Optional[AccessLogger] = None,
         proxy_from: Optional[Callable[[str], bool]] = None,
@@ -314,10 +304,7 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     """
     common.raise_file_limit(config.max_connections + 64)
     server = _Server(listener, app, config, tls, access_log, proxy_from)
-    every = list(every or [])
-    if on_connections is not None:
-        every.append((metrics.REFRESH_SECONDS,
-                      lambda: on_connections(*server.connection_counts())))
+    every = common.periodic_tasks(every, on_connections, server.connection_counts)
     stop = eventlet.event.Event()
     accept_loop = eventlet.spawn(server.accept_forever)
     accept_loop.link(lambda _gt: stop.ready() or stop.send("the accept loop ended"))
@@ -325,7 +312,7 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     for task in at_start or []:
         eventlet.spawn_n(common.run_task, task)
     helpers = [eventlet.spawn(_tick, stop)]
-    for seconds, task in [(5.0, handshake_log.flush), *(every or [])]:
+    for seconds, task in every:
         helpers.append(eventlet.spawn(_repeat, seconds, task))
     why = stop.wait()
     for helper in helpers:

@@ -44,7 +44,6 @@ from ..tls import ServerTLS
 from ..tlsfacts import connection_environ, plain_environ
 from . import common
 from .admission import HandshakeBudget
-from .common import handshake_log
 
 log = logging.getLogger("securewsgi.server")
 
@@ -117,7 +116,7 @@ class _Server:
         self.proxy_from = proxy_from
         self.base = common.base_environ(listener, config)
         self.budget = HandshakeBudget(min(config.max_handshakes, config.max_connections),
-                                      config.max_handshakes_per_ip, proxy_from or _nobody)
+                                      config.max_handshakes_per_ip, proxy_from or common.no_address)
         self.epoll = select.epoll()
         self.conns: dict[int, _Conn] = {}
         self.accepting = True
@@ -268,7 +267,7 @@ class _Server:
         conn = _Conn(sock, addr, http)
         admitted, victim = self.budget.admit(conn, str(addr[0]))
         if not admitted:
-            _close(sock)
+            common.close_quietly(sock)
             return
         if victim is not None:
             self._drop(victim)
@@ -490,7 +489,7 @@ class _Server:
             del self.conns[conn.fd]
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(conn.fd)
-        _close(conn.sock)
+        common.close_quietly(conn.sock)
 
     def _take_and_close(self, conn: _Conn) -> bool:
         """End a connection nobody owns (from the main thread or the budget)."""
@@ -538,7 +537,7 @@ class _Server:
         self.accepting = False
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(self.listener_fd)
-        _close(self.listener)
+        common.close_quietly(self.listener)
         for conn in list(self.conns.values()):
             conn.http.closing = True  # an answer in progress is the last one
             self._take_and_close(conn)
@@ -583,15 +582,6 @@ def _pending(sock: Any) -> int:
     return pending() if pending is not None else 0
 
 
-def _nobody(_address: str) -> bool:
-    return False
-
-
-def _close(sock: Any) -> None:
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
         tls: TLSGetter, *, access_log: Optional[AccessLogger] = None,
         proxy_from: Optional[Callable[[str], bool]] = None,
@@ -608,10 +598,7 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     """
     common.raise_file_limit(config.max_connections + 64)
     server = _Server(listener, app, config, tls, access_log, proxy_from)
-    every = list(every or [])
-    if on_connections is not None:
-        every.append((metrics.REFRESH_SECONDS,
-                      lambda: on_connections(*server.connection_counts())))
+    every = common.periodic_tasks(every, on_connections, server.connection_counts)
     stop = threading.Event()
     why: list[str] = []
     pending: list[Task] = []
@@ -633,7 +620,7 @@ def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
     for task in at_start or []:
         common.run_task(task)
     timers = [[seconds, time.monotonic() + seconds, task]
-              for seconds, task in [(5.0, handshake_log.flush), *(every or [])]]
+              for seconds, task in every]
     while not why:
         stop.wait(0.1 if len(server.conns) < 2000 else 0.5)
         stop.clear()
