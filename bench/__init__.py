@@ -1,4 +1,4 @@
-"""Benchmarks of securewsgi against other mutual-TLS WSGI servers (issue 8).
+"""Benchmarks of securewsgi against other mutual-TLS WSGI servers.
 
-`python -m bench` runs them (bench/run.py); docs/benchmarks.rst shows the results.
+`python -m bench` runs them (bench/run.py); docs/source/benchmarks.rst shows the results.
 """

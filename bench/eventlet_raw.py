@@ -3,9 +3,10 @@
 This is the boilerplate OpenStack-style services carry today, written *correctly*
 so the comparison is fair to it: a `PROTOCOL_TLS_SERVER` context with
 `CERT_REQUIRED` (`eventlet.wrap_ssl(cert_reqs=...)` would silently not require
-client certificates, FACTS 3) made green by building it from `eventlet.green.ssl`
-(a plain stdlib context would block the whole process, FACTS 4), wrapped around the
-listening socket, and eventlet's defaults for everything else (a pool of 1024
+client certificates: it ORs `cert_reqs` into the context options and leaves
+`verify_mode` at CERT_NONE) made green by building it from `eventlet.green.ssl` (a
+plain stdlib context would block the whole process in accept and handshakes),
+wrapped around the listening socket, and eventlet's defaults for everything else (a pool of 1024
 greenthreads, the handshake deferred to each connection's first read). The access
 log goes to a file, as securewsgi's does in the benchmark.
 

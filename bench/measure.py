@@ -67,7 +67,8 @@ class Running:
 
 def ab_argv(env: Env, url: str, plan: Plan, duration: float, keepalive: bool) -> list[str]:
     """ab with the client certificate; -l because servers that close without
-    close_notify would otherwise count every response as a length failure (FACTS 24),
+    close_notify would otherwise count every response as a length failure (ab with
+    OpenSSL 3 reads the missing close_notify as a truncated response),
     -r so one reset does not end the run, -n huge so -t decides when it stops."""
     seconds = max(1, round(duration))  # ab reads -t as whole seconds (0.5 means no limit)
     argv = ["ab", "-q", "-l", "-r", "-c", str(plan.concurrency), "-t", str(seconds),

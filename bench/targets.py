@@ -76,7 +76,7 @@ class Env:
 
     @property
     def client_combined(self) -> Path:
-        """Certificate and key in one PEM, the form `ab -E` takes (FACTS 24)."""
+        """Certificate and key in one PEM, the form `ab -E` takes (it has no key option)."""
         return self.pki / f"{CLIENT_NAME}-combined.pem"
 
 
@@ -159,8 +159,8 @@ def securewsgi_config(env: Env, workers: int, access_log: Path, engine: str = "e
     """The full product: mutual TLS, identity, one authorization rule, access log."""
     server: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "workers": workers,
                               "socket_timeout": IDLE_TIMEOUT, "max_connections": 12000}
-    # max_connections: the documented setting for many idle clients (README,
-    # "Performance"); the default of 1024 is eventlet's pool size.
+    # max_connections: the documented setting for many idle clients
+    # (docs/source/operations.rst); the default of 1024 is eventlet's pool size.
     if engine != "eventlet":
         server["engine"] = engine
     if monkey_patch is not None:

@@ -14,6 +14,7 @@ _LAZY = {
     "load_config": "securewsgi.config",
     "Config": "securewsgi.config",
     "ConfigError": "securewsgi.errors",
+    "SecureWSGIError": "securewsgi.errors",
     "serve": "securewsgi.server",
     "PeerIdentity": "securewsgi.identity",
     "IdentityMiddleware": "securewsgi.middleware",

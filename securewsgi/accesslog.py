@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .text import printable
+
 log = logging.getLogger("securewsgi.access")
 # Bound at import, before the engine monkey-patches `os`: a log file write is fast and
 # must not go through the green wrapper's extra hub round-trip per request.
@@ -68,21 +70,26 @@ class AccessLogWriter:
         return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def _fields(self, environ: dict) -> tuple:
-        client = environ.get("REMOTE_ADDR", "-")
+        get = environ.get
+        client = get("REMOTE_ADDR", "-")
         if self.log_x_forwarded_for:
-            forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+            forwarded = get("HTTP_X_FORWARDED_FOR")
             if forwarded:
                 client = f"{forwarded.replace(' ', '')},{client}"
-        peer = environ.get("securewsgi.peer")
+        peer = get("securewsgi.peer")
         cn = (peer.common_name or "-") if peer is not None else "-"
-        path = environ.get("securewsgi.original_path") or environ.get("RAW_PATH_INFO") or \
-            environ.get("PATH_INFO", "")
-        query = environ.get("QUERY_STRING")
+        path = get("securewsgi.original_path") or get("RAW_PATH_INFO") or get("PATH_INFO", "")
+        query = get("QUERY_STRING")
         if query:
             path = f"{path}?{query}"
-        return (_printable(client), _printable(cn), environ.get("SSL_PROTOCOL") or "-",
-                _printable(environ.get("REQUEST_METHOD", "-")), _printable(path),
-                environ.get("SERVER_PROTOCOL", "-"))
+        method = get("REQUEST_METHOD", "-")
+        # Nearly every line has nothing to escape: one check of the client-chosen
+        # fields together, and `_field` for each only when something needs it.
+        chosen = f"{client}{cn}{method}{path}"
+        if not chosen.isprintable() or " " in chosen or "\\" in chosen:
+            client, cn, method, path = _field(client), _field(cn), _field(method), _field(path)
+        return (client, cn, get("SSL_PROTOCOL") or "-", method, path,
+                get("SERVER_PROTOCOL", "-"))
 
     def text_line(self, environ: dict, status: int, size: int, seconds: float) -> str:
         client, cn, tls, method, path, protocol = self._fields(environ)
@@ -105,12 +112,10 @@ class AccessLogWriter:
             self.fd = -1
 
 
-def _printable(text: str) -> str:
-    """Escape control characters and spaces' cousins so a request cannot forge lines."""
-    if text.isprintable() and " " not in text:
-        return text
-    return text.replace(" ", "%20").encode("unicode_escape", "backslashreplace").decode(
-        "ascii")
+def _field(text: str) -> str:
+    """One field of a text line: escaped (`printable`), and without spaces, which
+    separate the fields (a space is written as in a URL, ``%20``)."""
+    return printable(text).replace(" ", "%20")
 
 
 def make_writer(target: Optional[Union[str, Path]], fmt: str,

@@ -7,12 +7,11 @@ import importlib
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import AppConfig
 from .errors import ConfigError
-
-WSGIApp = Callable[..., Any]
+from .wsgitypes import WSGIApp
 
 
 def load_app(app: AppConfig, source: Path) -> WSGIApp:

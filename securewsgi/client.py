@@ -33,12 +33,11 @@ keyword arguments given to `session()` win over the file.
 from __future__ import annotations
 
 import configparser
-import difflib
 import os
 import ssl
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -48,8 +47,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 
-from .config import INI_SUFFIXES, YAML_SUFFIXES, expand_env
-from .errors import ConfigError
+from . import pemkeys
+from .config import INI_SUFFIXES, YAML_SUFFIXES, did_you_mean, expand_env
+from .errors import ConfigError, SecureWSGIError
+from .pemkeys import KeyLoadError, load_private_key
 from .tls import ca_files, pem_certificates
 
 __all__ = ["CONFIG_KEYS", "ClientConfigError", "ClientSettings", "read_client_config",
@@ -63,7 +64,7 @@ CONFIG_KEYS = ("ca_certs", "certfile", "keyfile", "key_password", "timeout")
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
-class ClientConfigError(ValueError):
+class ClientConfigError(SecureWSGIError, ValueError):
     """A client file is missing or unusable; the message names the file and the fix.
 
     ``path`` is the file at fault (or None when no single file is).
@@ -85,11 +86,19 @@ class ClientSettings:
     timeout: Optional[float] = None
     source: Optional[Path] = None  # the config file the values came from, if any
     section: Optional[str] = None
+    # How errors name the settings when they came from elsewhere, e.g. the command
+    # line flags {"certfile": "--cert"}; a setting not in it goes by its own name.
+    labels: Optional[Mapping[str, str]] = field(default=None, compare=False, repr=False)
+
+    def name(self, key: str) -> str:
+        """The setting as its giver knows it: ``keyfile``, or ``--key`` with labels."""
+        return self.labels.get(key, key) if self.labels else key
 
     def where(self, key: str) -> str:
-        """How an error names the setting: ``keyfile`` or ``FILE: client.keyfile``."""
+        """How an error names the setting: ``keyfile``, ``FILE: client.keyfile``, or
+        its label (``--key``)."""
         if self.source is None:
-            return key
+            return self.name(key)
         dotted = f"{self.section}.{key}" if self.section else key
         return f"{self.source}: {dotted}"
 
@@ -146,6 +155,12 @@ def ssl_context(
                                  keyfile=keyfile, key_password=key_password))
 
 
+def settings_context(settings: ClientSettings) -> ssl.SSLContext:
+    """`ssl_context` for ready `ClientSettings` (whose labels then name the settings in
+    its errors, as `securewsgi-check` names its flags)."""
+    return _build_context(settings)
+
+
 def read_client_config(path: StrPath, section: Optional[str] = "client",
                        environ: Optional[Mapping[str, str]] = None) -> ClientSettings:
     """Read ``ca_certs``, ``certfile``, ``keyfile``, ``key_password`` and ``timeout``
@@ -157,8 +172,7 @@ def read_client_config(path: StrPath, section: Optional[str] = "client",
     where = ClientSettings(source=source, section=section).where
     for key, value in raw.items():
         if key not in CONFIG_KEYS:
-            close = difflib.get_close_matches(key, CONFIG_KEYS, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, CONFIG_KEYS)
             raise ClientConfigError(f"{where(key)}: unknown key{hint}", source)
         if value is None:
             continue
@@ -252,7 +266,8 @@ def _merge(settings: ClientSettings, **given: Any) -> ClientSettings:
         settings = replace(settings, timeout=_timeout(given["timeout"], "timeout"))
     if settings.keyfile is not None and settings.certfile is None:
         raise ClientConfigError(f"{settings.where('keyfile')}: {settings.keyfile}: a key "
-                                "without certfile; pass the client certificate too",
+                                f"without {settings.name('certfile')}; pass the client "
+                                "certificate too",
                                 settings.keyfile)
     return settings
 
@@ -308,22 +323,18 @@ def _check_client_pair(settings: ClientSettings) -> None:
                          else ("certfile", settings.certfile))
     data = _read(settings, key_key, key_path)
     where = f"{settings.where(key_key)}: {key_path}"
-    if b"PRIVATE KEY-----" not in data:
-        hint = "; pass keyfile" if key_key == "certfile" else ""
-        raise ClientConfigError(f"{where}: no PEM private key in it{hint}", key_path)
-    password = _password_bytes(settings.key_password)
-    encrypted = b"ENCRYPTED" in data
-    if encrypted and not password:
-        raise ClientConfigError(f"{where}: the private key is encrypted; pass key_password",
-                                key_path)
     try:
-        key = serialization.load_pem_private_key(data, password if encrypted else None)
-    except TypeError:
-        raise ClientConfigError(f"{where}: the private key is encrypted; pass key_password",
-                                key_path) from None
-    except ValueError as exc:
-        problem = "wrong key_password for this encrypted key" if encrypted else (
-            f"unreadable private key: {exc}")
+        key = load_private_key(data, settings.key_password)
+    except KeyLoadError as exc:
+        if exc.problem == pemkeys.NO_KEY:
+            hint = f"; pass {settings.name('keyfile')}" if key_key == "certfile" else ""
+            problem = f"no PEM private key in it{hint}"
+        elif exc.problem == pemkeys.NEEDS_PASSWORD:
+            problem = f"the private key is encrypted; pass {settings.name('key_password')}"
+        elif exc.problem == pemkeys.WRONG_PASSWORD:
+            problem = f"wrong {settings.name('key_password')} for this encrypted key"
+        else:
+            problem = f"unreadable private key: {exc.detail}"
         raise ClientConfigError(f"{where}: {problem}", key_path) from None
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     if (key.public_key().public_bytes(serialization.Encoding.DER, public)

@@ -11,7 +11,7 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -29,6 +29,7 @@ ALLOW_FIELDS = (
     "cn", "dn", "issuer_dn", "san_dns", "san_uri", "san_email",
     "serial", "fingerprint_sha256", "any", "anonymous",
 )
+RULE_KEYS = ("name", "paths", "methods", "allow")
 ENGINES = ("eventlet", "threads")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 INI_SUFFIXES = (".ini", ".conf", ".cfg")
@@ -78,7 +79,6 @@ class TLSConfig:
     min_version: str = "TLSv1.2"
     max_version: Optional[str] = None
     ciphers: Optional[str] = None
-    suppress_ragged_eofs: bool = True
     reload_interval: float = 0.0
     session_tickets: Optional[int] = None  # None = auto: 1 in server mode, else 0
     # Warn (at start, at each reload, then daily) when tls.certfile expires this soon.
@@ -118,9 +118,6 @@ class AllowEntry:
     """One `allow` entry: every (field, pattern) pair must match (logical AND)."""
 
     conditions: tuple[tuple[str, str], ...]
-
-    def describe(self) -> str:
-        return " & ".join(f"{k}:{v}" for k, v in self.conditions)
 
 
 @dataclass(frozen=True)
@@ -287,9 +284,15 @@ def string_list(raw: Any) -> tuple[str, ...]:
     raise ValueError(f"expected a list, got {raw!r}")
 
 
-def did_you_mean(word: str, candidates: Any) -> str:
+def closest(word: str, candidates: Any) -> Optional[str]:
+    """The candidate `word` is most likely a misspelling of, if any is close."""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, candidates: Any) -> str:
+    close = closest(word, candidates)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 # ------------------------------------------------------------------ section reader
@@ -311,6 +314,7 @@ class _Section:
         self.name = name
         self.raw: dict[str, Any] = {str(k): v for k, v in raw.items()}
         self.known: list[str] = []
+        self.aliases: dict[str, str] = {}  # alias -> the documented key it stands for
         self.display: dict[str, str] = {}
 
     def key(self, key: str) -> str:
@@ -340,8 +344,9 @@ class _Section:
         return resolve_path(self.source, self.key(key), value, kind)
 
     def alias(self, alias: str, canonical: str, translate: Parser = lambda v: v) -> None:
-        """Accept `alias` (seed / oslo name) as `canonical`, never both together."""
-        self.known.append(alias)
+        """Accept `alias` (an `ssl.wrap_socket` or oslo.service name) as `canonical`,
+        never both together."""
+        self.aliases[alias] = canonical
         if alias not in self.raw:
             return
         if canonical in self.raw:
@@ -357,9 +362,19 @@ class _Section:
             raise ConfigError(self.source, f"{self.name}.{alias}", str(exc)) from None
         self.display[canonical] = alias
 
+    def reject_unknown(self, expected: Sequence[str]) -> None:
+        """`finish` before any key is taken: an unknown key (a typo of `expected`) is
+        reported as such, not as the missing key it was meant to be."""
+        self.known.extend(k for k in expected if k not in self.known)
+        self.finish()
+
     def finish(self) -> None:
         for key in self.raw:
-            hint = did_you_mean(key, self.known)
+            if key in self.known or key in self.aliases:
+                continue  # not taken yet (only before `reject_unknown` returns)
+            # A typo of an alias (`key_fiel`) is pointed at the documented key itself.
+            close = closest(key, [*self.known, *self.aliases])
+            hint = f" (did you mean {self.aliases.get(close, close)!r}?)" if close else ""
             raise ConfigError(self.source, f"{self.name}.{key}", f"unknown key{hint}")
 
 
@@ -560,7 +575,8 @@ def _read_server(source: Path, raw: Any) -> ServerConfig:
 
 _CERT_REQS = {"CERT_NONE": "server", "CERT_OPTIONAL": "optional", "CERT_REQUIRED": "mutual"}
 _SSL_VERSIONS = {
-    # seed `ssl_version` and oslo `version` spellings -> our minimum version
+    # `ssl_version` (the ssl.wrap_socket argument) and oslo.service `version`
+    # spellings -> our minimum version
     "PROTOCOL_TLSV1_2": "TLSv1.2", "TLSV1_2": "TLSv1.2", "TLSV1.2": "TLSv1.2",
     "PROTOCOL_TLSV1_3": "TLSv1.3", "TLSV1_3": "TLSv1.3", "TLSV1.3": "TLSv1.3",
     # "negotiate the best version": our floor is TLS 1.2 anyway
@@ -608,6 +624,11 @@ def _read_tls(source: Path, raw: Any) -> TLSConfig:
     # The handshake always runs in the connection's own greenthread; accepted for
     # compatibility with code that passed it to ssl.wrap_socket.
     s.take("do_handshake_on_connect", parse_bool, True)
+    # Accepted (a boolean, or an error) for code that passed it to ssl.wrap_socket, and
+    # ignored: a client that closes TCP without a TLS close_notify ends its connection
+    # either way, and HTTP/1.1 frames each request (Content-Length or chunks), so a
+    # request cut short is recognised as incomplete whatever the setting says.
+    s.take("suppress_ragged_eofs", parse_bool, True)
     d = TLSConfig()
     mode = s.take("mode", one_of(*TLS_MODES), None)
     certfile = s.take_path("certfile")
@@ -627,7 +648,6 @@ def _read_tls(source: Path, raw: Any) -> TLSConfig:
         min_version=s.take("min_version", _tls_version, d.min_version),
         max_version=s.take("max_version", optional(_tls_version), None),
         ciphers=s.take("ciphers", optional(text), None),
-        suppress_ragged_eofs=s.take("suppress_ragged_eofs", parse_bool, d.suppress_ragged_eofs),
         reload_interval=s.take("reload_interval", seconds(allow_zero=True), d.reload_interval),
         session_tickets=s.take("session_tickets", _tickets, None),
         expiry_warning_days=s.take("expiry_warning_days", int_in(0, 3650),
@@ -786,17 +806,22 @@ def read_allow_entry(source: Path, where: str, raw: Any) -> AllowEntry:
 
 
 def read_rules(
-    source: Path, raw: Any, where: str = "authorization.rules"
+    source: Any, raw: Any, where: str = "authorization.rules"
 ) -> tuple[RuleConfig, ...]:
-    """Validate the rule list (shared by service files and the Paste `policy_file`)."""
+    """Validate the rule list: the one place rule names are checked to be unique.
+
+    Shared by service files, the Paste `policy_file` and `IdentityMiddleware(rules=)`,
+    whose list may also hold ready `RuleConfig` objects.
+    """
     if raw is None:
         return ()
-    if not isinstance(raw, list):
+    if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Iterable):
         raise ConfigError(source, where, "expected a list of rules")
     rules: list[RuleConfig] = []
     seen = set()
     for index, item in enumerate(raw):
-        rule = read_rule(source, f"{where}[{index}]", item)
+        rule = item if isinstance(item, RuleConfig) else read_rule(
+            source, f"{where}[{index}]", item)
         if rule.name in seen:
             raise ConfigError(source, f"{where}[{rule.name}]", "duplicate rule name")
         seen.add(rule.name)
@@ -808,6 +833,7 @@ def read_rule(source: Path, where: str, raw: Any) -> RuleConfig:
     if isinstance(raw, Mapping) and raw.get("name"):
         where = f"{where.rsplit('[', 1)[0]}[{raw['name']}]"
     s = _Section(source, where, raw)
+    s.reject_unknown(RULE_KEYS)  # `path:` is a typo of `paths`, not a rule without paths
     name = s.take("name", text, None)
     if name is None:
         raise ConfigError(source, f"{where}.name", "every rule needs a name")

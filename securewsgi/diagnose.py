@@ -43,7 +43,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import __version__
-from .client import ClientConfigError, ClientSettings, ssl_context
+from .client import ClientConfigError, ClientSettings, settings_context
+from .errors import SecureWSGIError
+from .pemkeys import load_private_key
 from .refusals import authority_key_id, short_fingerprint, subject_key_id
 from .tls import CertificateInfo, ca_files, pem_certificates
 from .validity import expires
@@ -56,6 +58,9 @@ EXPIRY_NOTE_DAYS = 30
 MAX_RESPONSE_HEAD = 64 * 1024
 VERDICT_WAIT = 2.0  # most a TLS 1.3 server without session tickets costs us (seconds)
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+#: How errors name the client settings: by the securewsgi-check flags that set them.
+FLAGS = {"ca_certs": "--ca", "certfile": "--cert", "keyfile": "--key",
+         "key_password": "--key-password"}
 
 # OpenSSL X509_V_ERR_* codes (stable across versions, unlike the messages).
 _UNKNOWN_CA_CODES = {2, 18, 19, 20, 21}
@@ -102,7 +107,7 @@ _CIPHER_REASONS = {"NO_SHARED_CIPHER", "NO_CIPHERS_AVAILABLE", "NO_SUITABLE_SIGN
 _EOF_REASONS = {"UNEXPECTED_EOF_WHILE_READING", "EOF"}
 
 
-class UsageError(ValueError):
+class UsageError(SecureWSGIError, ValueError):
     """The command line cannot be acted on (bad URL, unusable file): exit status 2."""
 
 
@@ -190,8 +195,8 @@ class Diagnosis:
         return {key: data[key] for key in JSON_KEYS}
 
 
-#: The keys of ``securewsgi-check --json``, in output order (documented in the README,
-#: section "Checking a connection").
+#: The keys of ``securewsgi-check --json``, in output order (documented in
+#: docs/source/clients.rst, section "Checking a connection").
 JSON_KEYS = (
     "url", "ok", "exit_code", "problem", "explanation", "fix", "detail",
     "host", "port", "path", "address", "ca", "tls_version", "tcp_connected", "handshake_completed",
@@ -499,8 +504,7 @@ class _Options:
     tls_version: Optional[str]
 
     def context(self, verify: bool = True) -> ssl.SSLContext:
-        s = self.settings
-        context = ssl_context(s.ca_certs, s.certfile, s.keyfile, s.key_password)
+        context = settings_context(self.settings)
         if not verify:  # only for the probe that learns facts; it carries no request
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -536,6 +540,7 @@ def diagnose(
         certfile=Path(certfile) if certfile is not None else None,
         keyfile=Path(keyfile) if keyfile is not None else None,
         key_password=key_password,
+        labels=FLAGS,
     )
     if settings.keyfile is not None and settings.certfile is None:
         raise UsageError("--key needs --cert")
@@ -566,11 +571,8 @@ def _key_mismatch(settings: ClientSettings) -> bool:
         return False
     try:
         cert = x509.load_pem_x509_certificates(settings.certfile.read_bytes())[0]
-        data = settings.keyfile.read_bytes()
-        password = settings.key_password.encode() if settings.key_password else None
-        key = serialization.load_pem_private_key(
-            data, password if b"ENCRYPTED" in data else None)
-    except (OSError, ValueError, TypeError, IndexError):
+        key = load_private_key(settings.keyfile.read_bytes(), settings.key_password)
+    except (OSError, ValueError, IndexError):  # KeyLoadError is a ValueError
         return False
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER

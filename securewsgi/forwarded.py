@@ -32,6 +32,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Optional, Union
 
+from .errors import SecureWSGIError
 from .identity import CertificateParseError, PeerIdentity
 
 __all__ = [
@@ -50,7 +51,7 @@ MAX_HEADER_LENGTH = 64 * 1024
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
-class ForwardedCertError(ValueError):
+class ForwardedCertError(SecureWSGIError, ValueError):
     """A trusted proxy sent a forwarded-certificate header that cannot be used."""
 
 
@@ -248,7 +249,7 @@ _MISSING_SERVER_CERT = (
     "$ssl_client_escaped_cert)")
 
 
-class ServerCertError(ValueError):
+class ServerCertError(SecureWSGIError, ValueError):
     """The hosting server verified a client but its ``SSL_CLIENT_CERT`` is unusable: a
     server misconfiguration (the middleware answers 400 and logs why)."""
 

@@ -6,7 +6,7 @@ bare LF, control bytes, duplicate Content-Length: the raw material of request
 smuggling), has no deadline for a request head that trickles in, and writes each
 response in several `send()` calls (each one a TLS record and a syscall).
 
-This module is engine-neutral: it needs a socket with `recv`, `sendall`, `settimeout`
+This module is engine-neutral: it needs a socket with `recv`, `send`, `sendall`, `settimeout`
 and `shutdown`, as both green and blocking sockets have. The engine owns concurrency;
 the `Connection` object tells it when the connection is idle, so a graceful stop can
 close idle connections and let active ones finish.
@@ -57,21 +57,24 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable, Optional
 from urllib.parse import unquote
 
 from .config import ServerConfig
+from .errors import SecureWSGIError
 from .logs import RateLimitedLog
+from .text import printable
+from .wsgitypes import WSGIApp
 
 log = logging.getLogger("securewsgi.http")
 # Malformed requests are triggered by clients at will: rate-limit their log lines.
 refusal_log = RateLimitedLog(logging.getLogger("securewsgi.http"))
 
-WSGIApp = Callable[..., Iterable[bytes]]
 AccessLogger = Callable[[dict, int, int, float], None]
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -102,7 +105,7 @@ DISCARD_LIMIT = 64 * 1024  # unread request body we read away to keep the connec
 RECV_SIZE = 65536
 
 
-class Refusal(Exception):
+class Refusal(SecureWSGIError):
     """A request that gets a status-only answer and ends the connection."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -121,6 +124,13 @@ class _ClientGone(Exception):
 
 class _ClientTimeout(_ClientGone):
     """The client sent nothing within the socket timeout."""
+
+
+# What ends a connection quietly or with a refusal (OSError: a safety net, the client
+# socket's own errors are _ClientGone).
+_ENDINGS = (Refusal, _ClientGone, OSError)
+# A non-blocking write that found the socket buffer full.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
@@ -157,17 +167,18 @@ class _Clock:
 
 
 _clock = _Clock()
-_capitalized: dict[str, str] = {}
+_response_names: dict[str, tuple[str, str]] = {}
 
 
-def _capitalize(name: str) -> str:
-    """`content-TYPE` -> `Content-Type`, as eventlet does (cached: names repeat)."""
-    cached = _capitalized.get(name)
-    if cached is None:
-        cached = "-".join(part.capitalize() for part in name.split("-"))
-        if len(_capitalized) < 1024:
-            _capitalized[name] = cached
-    return cached
+def _response_name(name: str) -> tuple[str, str]:
+    """(lower-case, Capitalized-As-Eventlet-Does) for a response header name such as
+    ``content-TYPE``; remembered, since an app sends the same names again and again."""
+    known = _response_names.get(name)
+    if known is None:
+        known = (name.lower(), "-".join(part.capitalize() for part in name.split("-")))
+        if len(_response_names) < 1024:
+            _response_names[name] = known
+    return known
 
 
 class Connection:
@@ -203,32 +214,31 @@ class Connection:
     def serve(self) -> None:
         """Answer requests until the client or the server ends the connection (for
         engines whose reads block: each wait is a green switch or a blocked thread)."""
-        with self._ending():
+        try:
             while not self.closing:
                 head = self._read_head()
                 if head is None or not self._serve_one(head):
                     break
+        except _ENDINGS as exc:
+            self._ended(exc)
 
     def handle(self, head: bytes) -> bool:
         """Answer one request whose head an event-driven engine already took from
         `buf` (`take_head`); False when the connection must end afterwards."""
-        with self._ending():
+        try:
             return self._serve_one(head)
-        return False  # reached only when `_ending` swallowed an exception
+        except _ENDINGS as exc:  # a plain try, not a context manager: this runs per request
+            self._ended(exc)
+            return False
 
-    @contextlib.contextmanager
-    def _ending(self) -> Iterator[None]:
+    def _ended(self, exc: BaseException) -> None:
         """How a connection ends on errors: a refusal is answered, a vanished or
         silent client is not."""
-        try:
-            yield
-        except Refusal as refusal:
-            self._refuse(refusal)
-        except _ClientTimeout:
+        if isinstance(exc, Refusal):
+            self._refuse(exc)
+        elif isinstance(exc, _ClientTimeout):
             log.debug("connection idle too long: client=%s", self.peer)
-        except _ClientGone as exc:  # resets, TLS alerts from the peer
-            log.debug("connection ended: client=%s %s", self.peer, exc)
-        except OSError as exc:  # a safety net: client socket errors are _ClientGone
+        else:  # _ClientGone (resets, TLS alerts from the peer), or a stray OSError
             log.debug("connection ended: client=%s %s", self.peer, exc)
 
     def _serve_one(self, head: bytes) -> bool:
@@ -267,9 +277,29 @@ class Connection:
             raise _ClientGone(str(exc)) from None
 
     def send(self, data: bytes) -> None:
-        """All of `data` to the client; its socket errors become `_ClientGone`."""
+        """All of `data` to the client; its socket errors become `_ClientGone`.
+
+        An event-driven engine leaves its socket non-blocking between requests; one
+        write nearly always takes a whole response, so it is tried as is. Only when
+        the socket buffer is full does the rest wait, up to socket_timeout (a TLS
+        write that would block is retried with the same bytes, as OpenSSL requires).
+        """
+        sock = self.sock
         try:
-            self.sock.sendall(data)
+            sent = sock.send(data)
+            if sent < len(data):
+                self._send_slowly(memoryview(data)[sent:])
+        except _WOULD_BLOCK:
+            self._send_slowly(data)
+        except OSError as exc:
+            raise _ClientGone(str(exc)) from None
+
+    def _send_slowly(self, data: Any) -> None:
+        sock = self.sock
+        try:
+            if not sock.gettimeout():
+                sock.settimeout(self.options.socket_timeout)
+            sock.sendall(data)
         except OSError as exc:
             raise _ClientGone(str(exc)) from None
 
@@ -392,7 +422,7 @@ def _close_result(result: Any, request: _Request) -> None:
             close()
         except Exception:
             log.exception("application error in close(): %s %s", request.method,
-                          _printable(request.raw_target))
+                          printable(request.raw_target, 200))
 
 
 @dataclass
@@ -446,7 +476,9 @@ def _parse_head(head: bytes, options: ServerConfig) -> _Request:
     if _HEADER_BLOCK.fullmatch(block) is None:
         raise Refusal(400, "malformed header line (obs-fold, bare LF, control byte or "
                            "space before the colon)")
-    lines = block.split(b"\r\n")
+    # Names are tokens (ASCII) and values latin-1, as the pattern above just checked:
+    # one decode for the whole block instead of two per line.
+    lines = block.decode("latin-1").split("\r\n")
     lines.pop()  # the empty string after the last CRLF
     if len(lines) > options.max_header_count:
         raise Refusal(431, f"more than {options.max_header_count} header fields")
@@ -460,9 +492,9 @@ def _parse_head(head: bytes, options: ServerConfig) -> _Request:
     headers: dict = {}
     environ_headers = []
     for line in lines:
-        name, _, value = line.partition(b":")
-        key = name.decode("ascii").lower()
-        text = value.strip(b" \t").decode("latin-1")
+        name, _, value = line.partition(":")
+        key = name.lower()
+        text = value.strip(" \t")
         if key in headers:
             if key in _SINGLETONS:
                 raise Refusal(400, f"duplicate {key} header")
@@ -522,6 +554,9 @@ def _has_token(value: str, token: str) -> bool:
     return "," in value and any(part.strip(" \t") == token for part in value.split(","))
 
 
+_environ_names: dict[str, str] = {}  # "x-request-id" -> "HTTP_X_REQUEST_ID"
+
+
 def _make_request(method: str, target: str, raw_target: str, authority: Optional[str],
                   version: str, headers: dict, environ_keys: list, options: ServerConfig
                   ) -> _Request:
@@ -567,17 +602,16 @@ def _make_request(method: str, target: str, raw_target: str, authority: Optional
         if key in seen or key in ("content-type", "content-length"):
             continue
         seen.add(key)
-        environ_headers.append(("HTTP_" + key.upper().replace("-", "_"), headers[key]))
+        name = _environ_names.get(key)
+        if name is None:
+            name = "HTTP_" + key.upper().replace("-", "_")
+            if len(_environ_names) < _REMEMBERED:
+                _environ_names[key] = name
+        environ_headers.append((name, headers[key]))
     # RFC 9110 10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
     expect = version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue"
     return _Request(method, target, raw_target, version, headers, environ_headers,
                     content_length, chunked, keep_alive, expect)
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    if text.isprintable() and len(text) <= limit:
-        return text
-    return text[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 class Body:
@@ -766,6 +800,30 @@ def _not_bytes(data: Any) -> None:
                         "(PEP 3333)")
 
 
+# Status lines and response header names found valid, remembered (a few thousand at
+# most): an app sends the same few again and again, and a set lookup costs less than
+# a regular expression. Header values are checked every time (and never kept: they
+# may be cookies).
+_valid_statuses: set = set()
+_valid_names: set = set()
+_REMEMBERED = 4096
+
+
+def _check_status(status: Any) -> None:
+    if not isinstance(status, str) or not _STATUS.fullmatch(status):
+        raise ValueError(f"invalid status line {status!r}")
+    if len(_valid_statuses) < _REMEMBERED:
+        _valid_statuses.add(status)
+
+
+def _check_header(name: Any, value: Any) -> None:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name) or \
+            not isinstance(value, str) or _BAD_VALUE.search(value):
+        raise ValueError(f"invalid response header {name!r}: {value!r}")
+    if type(name) is str and len(_valid_names) < _REMEMBERED:
+        _valid_names.add(name)
+
+
 class _Response:
     """start_response(), the legacy write(), and sending the app's iterable."""
 
@@ -792,13 +850,11 @@ class _Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called twice without exc_info")
-        if not isinstance(status, str) or not _STATUS.fullmatch(status):
-            raise ValueError(f"invalid status line {status!r}")
-        for header in headers:
-            name, value = header
-            if not _HEADER_NAME.fullmatch(name) or not isinstance(value, str) or \
-                    _BAD_VALUE.search(value):
-                raise ValueError(f"invalid response header {name!r}: {value!r}")
+        if status not in _valid_statuses:
+            _check_status(status)
+        for name, value in headers:
+            if name not in _valid_names or type(value) is not str or _BAD_VALUE.search(value):
+                _check_header(name, value)
         self.status = status
         self.headers = headers
         self.status_code = int(status[:3])
@@ -818,7 +874,7 @@ class _Response:
         lines = [f"{options.max_http_version} {self.status}\r\n"]
         capitalize = options.capitalize_response_headers
         for name, value in self.headers:
-            lower = name.lower()
+            lower, capitalized = _response_names.get(name) or _response_name(name)
             if lower == "content-length":
                 digits = value.strip(" \t")
                 if self.length is not None or not (digits.isdigit() and digits.isascii()):
@@ -830,7 +886,7 @@ class _Response:
                     self.keep_alive = False
             elif lower == "date":
                 has_date = True
-            lines.append(f"{_capitalize(name) if capitalize else name}: {value}\r\n")
+            lines.append(f"{capitalized if capitalize else name}: {value}\r\n")
         if not has_date:
             lines.append(f"Date: {_clock.date()}\r\n")
         if self.length is None and not no_body:
@@ -924,7 +980,7 @@ class _Response:
         """The app raised: a 500 if nothing was sent yet, else cut the response."""
         request = self.request
         log.error("application error: %s %s", request.method,
-                  _printable(request.raw_target), exc_info=True)
+                  printable(request.raw_target, 200), exc_info=True)
         self._answer_instead(500)
 
     def refuse(self, refusal: Refusal) -> None:

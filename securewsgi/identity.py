@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from .errors import SecureWSGIError
 from .validity import days_left
 
 # mod_ssl's short names for DN components (SSL_CLIENT_S_DN_<name>); others are omitted
@@ -39,7 +40,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
 Attributes = tuple[tuple[str, str], ...]
 
 
-class CertificateParseError(ValueError):
+class CertificateParseError(SecureWSGIError, ValueError):
     """The bytes are not a certificate (only possible for certificates handed over as
     text: a forwarded header, or the hosting server's ``SSL_CLIENT_CERT``)."""
 

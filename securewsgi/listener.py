@@ -50,7 +50,3 @@ def _bind_error(host: str, port: int, exc: OSError) -> str:
         return f"server.host: {host} is not an address of this machine"
     return f"server.host: cannot listen on {where}: {exc.strerror}"
 
-
-def listen_address(sock: socket.socket) -> tuple[str, int]:
-    name = sock.getsockname()
-    return name[0], name[1]

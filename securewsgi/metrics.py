@@ -36,6 +36,7 @@ import tempfile
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Optional
 
+from . import processes
 from .validity import utcnow
 
 if TYPE_CHECKING:
@@ -297,20 +298,8 @@ def forget_dead_processes(directory: str) -> None:
 
     for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
         pid_text = os.path.basename(path).rsplit("_", 1)[-1][:-3]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and not processes.exists(int(pid_text)):
             multiprocess.mark_process_dead(int(pid_text), directory)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Collector:

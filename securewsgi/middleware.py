@@ -23,6 +23,7 @@ certificates and trusted-proxy lookups once per distinct value (LRU caches).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -47,7 +48,9 @@ from .forwarded import (
 )
 from .identity import PeerIdentity
 from .paths import PathError, judge_path
+from .text import printable
 from .tlsfacts import PROXIED_BY_KEY, TLS_PEER_KEY
+from .wsgitypes import WSGIApp
 
 __all__ = ["CLIENT_CERT_SOURCES", "IDENTITY_HEADER_PREFIXES", "PEER_KEY",
            "IdentityMiddleware", "filter_factory"]
@@ -73,7 +76,7 @@ IDENTITY_HEADER_PREFIXES = (
     "HTTP_X_REMOTE_USER",                 # X-Remote-User*
 )
 _PLANTED_PREFIXES = ("SSL_CLIENT_",)
-WSGIApp = Callable[..., Iterable[bytes]]
+_LOG_LIMIT = 300  # characters of a request value quoted in a log line
 
 log = logging.getLogger("securewsgi.identity")
 authz_log = logging.getLogger("securewsgi.authz")
@@ -88,14 +91,6 @@ def _refuse(start_response: Callable, status: str, body: bytes) -> list[bytes]:
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
                             ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _printable(text: str, limit: int = 300) -> str:
-    """Log-safe: no line breaks or control characters from request data."""
-    if text.isprintable() and len(text) <= limit:
-        return text
-    cleaned = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
-    return cleaned + ("..." if len(text) > limit else "")
 
 
 class IdentityMiddleware:
@@ -136,7 +131,8 @@ class IdentityMiddleware:
                          _config.header_name)
         if _policy is None:
             default = _option(source, "default", default, _config.one_of("allow", "deny"))
-            _policy = compile_policy(_rules(source, rules), default, source, "rules")
+            _policy = compile_policy(_config.read_rules(source, rules, "rules"),
+                                     default, source, "rules")
         self.policy = _policy
         self.trusted_proxies = TrustedProxies(proxies)
         self.proxy_identities = _proxy_identities(source, trusted_proxy_identities)
@@ -150,6 +146,7 @@ class IdentityMiddleware:
         self._scrub_prefixes = _scrub_prefixes(self.strip_identity_headers)
         self._warned_no_tls = False
         self._warned_own_tls = False
+        self._days_text: dict[int, tuple[PeerIdentity, float, str]] = {}
 
     @classmethod
     def from_config(cls, app: WSGIApp, identity: IdentityConfig,
@@ -207,9 +204,8 @@ class IdentityMiddleware:
             environ["SSL_CLIENT_VERIFY"] = "NONE"
         else:
             environ.update(peer.environ())
-            # the cached keys are per connection; the days left are per request
-            environ["SSL_CLIENT_V_REMAIN"] = str(
-                max(0, int((peer.not_after.timestamp() - time.time()) // 86400)))
+            # the cached keys are per certificate; the days left change with the clock
+            environ["SSL_CLIENT_V_REMAIN"] = self._days_left(peer)
             if self.remote_user != "none":
                 user = self._remote_user(peer)
                 if user:
@@ -221,8 +217,9 @@ class IdentityMiddleware:
                 path = judge_path(environ)
             except PathError as exc:
                 authz_log.info("refused ambiguous path %s: %s",
-                               _printable(environ.get("RAW_PATH_INFO")
-                                          or environ.get("PATH_INFO", "")), exc.reason)
+                               printable(environ.get("RAW_PATH_INFO")
+                                         or environ.get("PATH_INFO", ""), _LOG_LIMIT),
+                               exc.reason)
                 return _refuse(start_response, "400 Bad Request", _BAD_PATH)
             method = environ.get("REQUEST_METHOD") or "GET"
             decision = self.policy.decide(path, method, peer)
@@ -230,6 +227,22 @@ class IdentityMiddleware:
                 self._log_denied(decision, method, path, peer)
                 return _refuse(start_response, "403 Forbidden", _FORBIDDEN)
         return self.app(environ, start_response)
+
+    def _days_left(self, peer: PeerIdentity) -> str:
+        """Whole days until the certificate expires, as mod_ssl's SSL_CLIENT_V_REMAIN;
+        worked out once per certificate and day (the text holds until `until`)."""
+        now = time.time()
+        known = self._days_text.get(id(peer))
+        if known is not None and known[0] is peer and now <= known[1]:
+            return known[2]
+        not_after = peer.not_after.timestamp()
+        days = int((not_after - now) // 86400)
+        until = not_after - days * 86400 if days > 0 else math.inf
+        if len(self._days_text) >= 4096:
+            self._days_text.clear()
+        # the peer is held, so its id is not reused while the entry lives
+        self._days_text[id(peer)] = (peer, until, str(max(0, days)))
+        return self._days_text[id(peer)][2]
 
     def _connection_peer(self, environ: dict[str, Any]) -> Optional[PeerIdentity]:
         """Who the TLS handshake in front of this middleware verified, or None.
@@ -286,8 +299,8 @@ class IdentityMiddleware:
                 headers = [key for key in doomed if key.startswith("HTTP_")]
                 if headers:
                     log.debug("removed identity-looking request headers from %s: %s",
-                              _printable(str(environ.get("REMOTE_ADDR"))),
-                              _printable(" ".join(headers)))
+                              printable(str(environ.get("REMOTE_ADDR")), _LOG_LIMIT),
+                              printable(" ".join(headers), _LOG_LIMIT))
         environ.pop("REMOTE_USER", None)
 
     def _trusts_forwarder(self, environ: dict[str, Any], tls_peer: Optional[PeerIdentity]
@@ -323,7 +336,8 @@ class IdentityMiddleware:
         metrics.recorder.denied(decision.rule)  # a no-op unless securewsgi-run counts
         client = "anonymous" if peer is None else f"{peer.subject} (via {peer.source})"
         authz_log.warning("denied by rule %s: %s %s client=%s", decision.rule,
-                          _printable(method, 20), _printable(path), _printable(client))
+                          printable(method, 20), printable(path, _LOG_LIMIT),
+                          printable(client, _LOG_LIMIT))
 
 
 # ------------------------------------------------------------------ environ scrubbing
@@ -406,22 +420,6 @@ def _proxy_identities(source: Any, entries: Sequence[Union[AllowEntry, Mapping[s
             entry = _config.read_allow_entry(source, f"{where}[{index}]", entry)
         compiled.append(compile_entry(entry, source, f"identity.{where}[{index}]"))
     return tuple(compiled)
-
-
-def _rules(source: Any, rules: Sequence[Union[RuleConfig, Mapping[str, Any]]]
-           ) -> tuple:
-    if isinstance(rules, (str, bytes, Mapping)):
-        raise ConfigError(source, "rules", "expected a list of rules")
-    out: list[RuleConfig] = []
-    seen = set()
-    for index, rule in enumerate(rules or ()):
-        if not isinstance(rule, RuleConfig):
-            rule = _config.read_rule(source, f"rules[{index}]", rule)
-        if rule.name in seen:
-            raise ConfigError(source, f"rules[{rule.name}]", "duplicate rule name")
-        seen.add(rule.name)
-        out.append(rule)
-    return tuple(out)
 
 
 # -------------------------------------------------------------------- Paste Deploy

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 # Imported here, before the factory patches: like `securewsgi-run`, securewsgi's own
 # modules load before eventlet's monkey patching, and some keep an original function
@@ -25,9 +25,9 @@ from .config import Config, config_from_dict, read_sections
 from .errors import ConfigError, StartupError
 from .logs import setup_logging
 from .server import serve
+from .wsgitypes import WSGIApp
 
 log = logging.getLogger("securewsgi.paste")
-WSGIApp = Callable[..., Any]
 
 # The app the launcher passed in. `serve` loads `app.factory` in every worker (after
 # fork, too); pointing it here hands each worker this object.

@@ -31,13 +31,15 @@ import re
 import urllib.parse
 from typing import Any, Optional
 
+from .errors import SecureWSGIError
+
 __all__ = ["ORIGINAL_PATH_KEY", "PathError", "check_raw_path", "judge_path", "normalise_path"]
 
 ORIGINAL_PATH_KEY = "securewsgi.original_path"
 """environ key holding the path as the client sent it, when `judge_path` rewrote it."""
 
 
-class PathError(ValueError):
+class PathError(SecureWSGIError, ValueError):
     """The path is ambiguous or escapes the root: the request is refused with 400."""
 
     def __init__(self, reason: str) -> None:

@@ -5,7 +5,7 @@ This exists so that trying securewsgi (and testing it) needs no ``openssl`` reci
 on ``cryptography`` only, never shells out, and is meant for development and tests;
 production certificates come from a real CA.
 
-File layout of a PKI directory (README, "Development PKI")::
+File layout of a PKI directory (docs/source/operations.rst, "Development PKI")::
 
     ca.pem  ca-key.pem  server.pem  server-key.pem  crl.pem  NAME.pem  NAME-key.pem
 
@@ -27,11 +27,15 @@ from pathlib import Path
 from typing import Union
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import pemkeys
+from .errors import SecureWSGIError
+from .pemkeys import KeyLoadError, load_private_key
 
 __all__ = [
     "KEY_TYPES",
@@ -79,7 +83,7 @@ _DNS_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _MAX_CN = 64  # ub-common-name in RFC 5280
 
 
-class PKIError(Exception):
+class PKIError(SecureWSGIError):
     """A PKI operation failed; the message is one line naming the file and the cause."""
 
 
@@ -468,16 +472,15 @@ def _load_cert(path: Path, hint: str = "") -> x509.Certificate:
 
 
 def _load_key(path: Path) -> PrivateKey:
-    data = _read_bytes(path)
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise PKIError(f"{path}: encrypted private keys are not supported here") from None
-    except (ValueError, UnsupportedAlgorithm):
+        return load_private_key(_read_bytes(path), None,
+                                (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
+    except KeyLoadError as exc:
+        if exc.problem == pemkeys.NEEDS_PASSWORD:
+            raise PKIError(f"{path}: encrypted private keys are not supported here") from None
+        if exc.problem == pemkeys.UNSUPPORTED:
+            raise PKIError(f"{path}: unsupported key type (need ECDSA or RSA)") from None
         raise PKIError(f"{path}: not a PEM private key") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise PKIError(f"{path}: unsupported key type (need ECDSA or RSA)")
-    return key
 
 
 def _load_crl(path: Path) -> x509.CertificateRevocationList | None:

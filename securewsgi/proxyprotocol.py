@@ -14,12 +14,14 @@ import struct
 import time
 from typing import Any, Optional
 
+from .errors import SecureWSGIError
+
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107  # "PROXY TCP6 <39> <39> <5> <5>\r\n"
 V2_MAX_BODY = 4096  # addresses plus TLVs; HAProxy sends far less
 
 
-class ProxyHeaderError(ValueError):
+class ProxyHeaderError(SecureWSGIError, ValueError):
     """Missing or malformed PROXY header: the connection is closed."""
 
 

@@ -31,6 +31,7 @@ from typing import Any, Optional
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from .text import printable
 from .tlsfacts import ResumedPeerRefused
 from .validity import utcnow, when
 
@@ -50,7 +51,6 @@ _EOF_REASONS = {"UNEXPECTED_EOF_WHILE_READING", "EOF"}
 PLAIN_HTTP_REASON = "plain HTTP sent to the TLS port"
 UNKNOWN_CA_REASON = "client certificate from an unknown CA"
 NO_CERTIFICATE_REASON = "no client certificate"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ------------------------------------------------------------------ the facts
@@ -391,8 +391,7 @@ def _detail(exc: BaseException) -> str:
 def _clean(text: str, limit: int = 400) -> str:
     """One line, no quotes to break the key="value" shape: a client chooses its own
     certificate's names and its SNI, so nothing of them may forge a log line."""
-    text = _CONTROL.sub("?", text).replace('"', "'")
-    return text if len(text) <= limit else text[:limit] + "..."
+    return printable(text, limit).replace('"', "'")
 
 
 def _cas(server: Optional[ServerFacts]) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__, engines, metrics, systemd
+from . import __version__, engines, metrics, processes, systemd
 from .accesslog import make_writer
 from .appload import load_app
 from .config import Config, ServerConfig
@@ -27,9 +27,9 @@ from .middleware import IdentityMiddleware
 from .reload import TLSReloader
 from .supervisor import Heart, Supervisor
 from .tls import ServerTLS, build_server_tls
+from .wsgitypes import WSGIApp
 
 log = logging.getLogger("securewsgi.server")
-WSGIApp = Callable[..., Any]
 
 
 def build_pipeline(app: WSGIApp, config: Config) -> WSGIApp:
@@ -377,7 +377,7 @@ class PidFile:
         pid = self._read()
         if pid is None or pid == os.getpid():
             return
-        if _running(pid):
+        if processes.exists(pid):
             raise StartupError(f"pid file {self.path} names pid {pid}, which is running: "
                                "is this service already started? (if that process is "
                                "something else, remove the file)")
@@ -415,13 +415,3 @@ class PidFile:
             raise StartupError(f"pid file {self.path}: cannot read it "
                                f"({exc.strerror or exc})") from None
         return int(text) if text.isdigit() and int(text) > 0 else None
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True

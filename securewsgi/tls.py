@@ -20,8 +20,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from . import pemkeys
 from .config import TLSConfig
 from .errors import ConfigError
+from .pemkeys import KeyLoadError, load_private_key
 from .refusals import server_facts
 from .validity import days_left, expires, when
 
@@ -84,11 +86,9 @@ class ServerTLS:
     context: Optional[ssl.SSLContext]
     mode: str
     certificate: Optional[CertificateInfo]
-    chain_length: int
     ca_subjects: tuple[str, ...]
     crl_revoked: Optional[int]
     warnings: tuple[str, ...]
-    files: tuple[Path, ...]
     # (issuer RFC 4514 string, serial) of every revoked client certificate: OpenSSL
     # does not consult the CRL when a TLS session is resumed, so the engine does.
     revoked: frozenset = frozenset()
@@ -109,12 +109,11 @@ class ServerTLS:
 def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     """Validate every TLS file of `tls` and build the server context from them."""
     if not tls.enabled:
-        return ServerTLS(None, "none", None, 0, (), None, (), ())
+        return ServerTLS(None, "none", None, (), None, ())
     assert tls.certfile is not None  # config guarantees it for every TLS mode
     now = datetime.datetime.now(datetime.timezone.utc)
     warnings: list[str] = []
-    chain = _read_certificates(source, "tls.certfile", tls.certfile)
-    leaf = chain[0]
+    leaf = _read_certificates(source, "tls.certfile", tls.certfile)[0]
     _check_validity(source, tls, leaf, now, warnings)
     key_path, key_key = (tls.keyfile, "tls.keyfile") if tls.keyfile else (tls.certfile,
                                                                            "tls.certfile")
@@ -137,16 +136,13 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     context.securewsgi_server = server_facts(  # type: ignore[attr-defined]
         str(tls.certfile), leaf, info.sans, ca_certs,
         str(tls.crl_file) if tls.crl_file else None, tls.min_version, tls.max_version)
-    files = tuple(p for p in (tls.certfile, tls.keyfile, tls.ca_certs, tls.crl_file) if p)
     return ServerTLS(
         context=context,
         mode=tls.mode,
         certificate=info,
-        chain_length=len(chain),
         ca_subjects=tuple(c.subject.rfc4514_string() for c in ca_certs),
         crl_revoked=len(revoked) if tls.crl_file is not None else None,
         warnings=tuple(warnings),
-        files=files,
         revoked=revoked,
         crl_next_update=next_update,
     )
@@ -222,29 +218,26 @@ def _read_certificates(source: Path, key: str, path: Path) -> list[x509.Certific
     return certs
 
 
+_SERVER_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
+                     ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+
+
 def _read_private_key(source: Path, key: str, path: Path, password: Optional[str]):
-    data = _read_bytes(source, key, path)
-    if b"PRIVATE KEY-----" not in data:
-        hint = " (or set tls.keyfile)" if key == "tls.certfile" else ""
-        raise ConfigError(source, key, f"no PEM private key in {path}{hint}")
-    encrypted = b"ENCRYPTED" in data
-    if encrypted and not password:
-        raise ConfigError(source, key, f"{path} is encrypted; set tls.key_password")
     try:
-        loaded = serialization.load_pem_private_key(
-            data, password=password.encode() if (password and encrypted) else None
-        )
-    except TypeError:
-        raise ConfigError(source, key, f"{path} is encrypted; set tls.key_password") from None
-    except ValueError as exc:
-        if encrypted:
-            raise ConfigError(source, "tls.key_password",
-                              f"wrong password for {path}") from None
-        raise ConfigError(source, key, f"unreadable private key in {path}: {exc}") from None
-    if not isinstance(loaded, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey,
-                               ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        raise ConfigError(source, key, f"unsupported key type in {path}")
-    return loaded
+        return load_private_key(_read_bytes(source, key, path), password, _SERVER_KEY_TYPES)
+    except KeyLoadError as exc:
+        if exc.problem == pemkeys.NO_KEY:
+            hint = " (or set tls.keyfile)" if key == "tls.certfile" else ""
+            message = f"no PEM private key in {path}{hint}"
+        elif exc.problem == pemkeys.NEEDS_PASSWORD:
+            message = f"{path} is encrypted; set tls.key_password"
+        elif exc.problem == pemkeys.WRONG_PASSWORD:
+            key, message = "tls.key_password", f"wrong password for {path}"
+        elif exc.problem == pemkeys.UNSUPPORTED:
+            message = f"unsupported key type in {path}"
+        else:
+            message = f"unreadable private key in {path}: {exc.detail}"
+        raise ConfigError(source, key, message) from None
 
 
 def _public_bytes(public_key: object) -> bytes:

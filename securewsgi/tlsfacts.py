@@ -10,6 +10,7 @@ import datetime
 import functools
 from typing import Any, Optional
 
+from .errors import SecureWSGIError
 from .identity import PeerIdentity
 
 TLS_PEER_KEY = "securewsgi.tls_peer"
@@ -20,7 +21,7 @@ middleware, so a header can never reach it (header keys all start with HTTP_).
 """
 
 
-class ResumedPeerRefused(ValueError):
+class ResumedPeerRefused(SecureWSGIError, ValueError):
     """A resumed TLS session carries a client certificate that is no longer valid."""
 
 

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import requests
+import trustme
 import yaml
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securewsgi import pki
+from securewsgi.identity import PeerIdentity
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (https?)://(\[[^\]]+\]|[^:]+):(\d+)")
@@ -58,6 +60,14 @@ class Client:
     @property
     def pair(self) -> tuple[str, str]:
         return str(self.cert), str(self.key)
+
+
+def memory_peer(ca: trustme.CA, common_name: str, *identities: str) -> PeerIdentity:
+    """The TLS identity of a client certificate that exists only in memory (trustme):
+    for tests that need a certificate with some name, not the behaviour of
+    `securewsgi.pki` / `securewsgi-certs` (`PKIFiles` is for those, and for servers)."""
+    leaf = ca.issue_cert(*identities, common_name=common_name)
+    return PeerIdentity.from_pem(leaf.cert_chain_pems[0].bytes(), source="tls")
 
 
 class PKIFiles:
@@ -256,7 +266,8 @@ def run_command(*args: str, timeout: float = 60.0, **kwargs: Any
 
 
 def session(ca: Path, client: Optional[Client] = None) -> requests.Session:
-    """A requests session that trusts only `ca` (REQUESTS_CA_BUNDLE is ignored: FACTS 22)."""
+    """A requests session that trusts only `ca`: with `trust_env` off, because requests
+    ignores `Session.verify` when REQUESTS_CA_BUNDLE is set and `trust_env` is on."""
     s = requests.Session()
     s.trust_env = False
     s.verify = str(ca)

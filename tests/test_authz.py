@@ -1,4 +1,4 @@
-"""Authorization rules (SPEC §6): compiled policies judged against real certificates,
+"""Authorization rules (`authorization.rules`): compiled policies judged against real certificates,
 the pattern language per field, configuration errors, and YAML/INI equivalence."""
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from securewsgi.authz import (
 from securewsgi.config import load_config, read_rules
 from securewsgi.errors import ConfigError
 from securewsgi.pki import CertificateAuthority
+from securewsgi.text import printable
 
 UTC = dt.timezone.utc
 
@@ -538,7 +539,9 @@ def test_denied_request_gets_a_constant_403_and_a_log_line(
     assert called == []
     lines = [r.getMessage() for r in caplog.records if r.name == "securewsgi.authz"]
     assert len(lines) == 2
-    assert "rule admin" in lines[0] and mallory.subject in lines[0]
+    # the subject as `printable` writes it: RFC 4514's "\<" becomes "\\<" in the log
+    assert "rule admin" in lines[0] and printable(mallory.subject) in lines[0]
+    assert "O=Evil \\\\<script\\\\>" in lines[0]
     assert "rule admin" in lines[1] and "anonymous" in lines[1]
     assert all(r.levelno == logging.WARNING for r in caplog.records
                if r.name == "securewsgi.authz")

@@ -155,7 +155,9 @@ def test_one_way_server_and_a_certificate_nobody_asked_for(servers, test_pki, ca
     assert report["client_cert_accepted"] is None
     assert "the server did not ask for a client certificate; --cert was not used" in \
         report["notes"]
-    assert len(report["chain"]) == 1  # one-way: OpenSSL does not add the root (FACTS 21)
+    # one-way TLS: OpenSSL sends the root along only with mutual TLS (it builds the
+    # chain from the client CA store then), so here the server sends its leaf alone
+    assert len(report["chain"]) == 1
 
 
 def test_ca_directory_works_without_c_rehash(servers, test_pki, capsys, tmp_path) -> None:
@@ -550,7 +552,7 @@ def test_server_error_status(test_pki, capsys) -> None:
     (["ftp://localhost:1/"], "give an https:// URL"),
     (["https://localhost:1/", "--key", "k.pem"], "--key needs --cert"),
     (["https://localhost:1/", "--ca", "/nonexistent/ca.pem"],
-     "ca_certs: /nonexistent/ca.pem: no such file"),
+     "--ca: /nonexistent/ca.pem: no such file"),
     (["https://localhost:1/", "--timeout", "0"], "expected seconds > 0"),
 ])
 def test_usage_errors_exit_2(capsys, argv: list, message: str) -> None:
@@ -568,10 +570,41 @@ def test_encrypted_key_needs_its_password(servers, test_pki, capsys, tmp_path) -
             tmp_path / "carol-key.pem"]
     code, _, err = check(capsys, url(servers["mutual"]), *args)
     assert code == 2
-    assert err == (f"securewsgi-check: keyfile: {tmp_path / 'carol-key.pem'}: the private key "
-                   "is encrypted; pass key_password\n")
+    assert err == (f"securewsgi-check: --key: {tmp_path / 'carol-key.pem'}: the private key "
+                   "is encrypted; pass --key-password\n")
     code, out, _ = check(capsys, url(servers["mutual"]), *args, "--key-password", "s3cret")
     assert code == 0 and "sent CN=carol, accepted" in out
+
+
+def test_file_errors_name_the_flags(test_pki, tmp_path) -> None:
+    """The messages name --ca/--cert/--key/--key-password, what the user typed, never
+    the Python parameters (ca_certs, certfile, keyfile, key_password) behind them."""
+    cert, key = test_pki.ca.issue_client("dora")
+    pki.write_cert(tmp_path / "dora.pem", cert)
+    pki.write_key(tmp_path / "dora-key.pem", key, password=b"s3cret")
+    target = "https://localhost:1/"
+    cases = [
+        (["--ca", tmp_path / "none.pem"], f"--ca: {tmp_path / 'none.pem'}: no such file"),
+        (["--cert", test_pki.server_key],
+         f"--cert: {test_pki.server_key}: no PEM certificate in it"),
+        (["--cert", tmp_path / "dora.pem"],
+         f"--cert: {tmp_path / 'dora.pem'}: no PEM private key in it; pass --key"),
+        (["--cert", tmp_path / "dora.pem", "--key", tmp_path / "dora-key.pem",
+          "--key-password", "wrong"],
+         f"--key: {tmp_path / 'dora-key.pem'}: wrong --key-password for this encrypted key"),
+    ]
+    for args, message in cases:
+        result = run_command("securewsgi-check", target, *map(str, args))
+        assert (result.returncode, result.stdout) == (2, ""), result
+        assert result.stderr == f"securewsgi-check: {message}\n"
+        for name in ("ca_certs", "certfile", "keyfile", "key_password"):
+            assert name not in result.stderr
+
+
+def test_help_points_at_the_clients_page() -> None:
+    result = run_command("securewsgi-check", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    assert 'docs/source/clients.rst, section "Checking a connection"' in result.stdout
 
 
 def test_console_script_exit_codes(servers, test_pki) -> None:

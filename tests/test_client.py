@@ -58,7 +58,8 @@ def test_mutual_server(servers, test_pki) -> None:
 
 
 def test_spec_example_with_relative_paths(servers, test_pki, tmp_path, monkeypatch) -> None:
-    """SPEC §9, verbatim: paths relative to the working directory."""
+    """The documented `session(...)` example, verbatim: paths relative to the working
+    directory."""
     (tmp_path / "pki").mkdir()
     for name in ("ca.pem", "alice.pem", "alice-key.pem"):
         (tmp_path / "pki" / name).write_bytes((test_pki.dir / name).read_bytes())

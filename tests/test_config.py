@@ -10,6 +10,7 @@ import pytest
 from support import PKIFiles
 
 from securewsgi.config import load_config
+from securewsgi.configdump import config_to_data
 from securewsgi.errors import ConfigError
 
 
@@ -187,6 +188,11 @@ ERRORS = [
      "authorization.rules[a].allow[0].cm", "unknown allow field (did you mean 'cn'?)"),
     ("authorization:\n  rules:\n    - paths: [/a]\n", "authorization.rules[0].name",
      "every rule needs a name"),
+    # a misspelt key is named as such, not reported as the key it was meant to be
+    ("authorization:\n  rules:\n    - {name: a, path: [/a]}\n",
+     "authorization.rules[a].path", "unknown key (did you mean 'paths'?)"),
+    ("authorization:\n  rules:\n    - {nmae: a, paths: [/a]}\n",
+     "authorization.rules[0].nmae", "unknown key (did you mean 'name'?)"),
     ("authorization:\n  rules:\n    - {name: a, paths: [/a]}\n    - {name: a, paths: [/b]}\n",
      "authorization.rules[a]", "duplicate rule name"),
 ]
@@ -218,6 +224,10 @@ TLS_ERRORS = [
     ("crl_file: PKI/crl.pem", "tls.crl_file", "needs tls.ca_certs"),
     ("ca_certs: PKI/nope.pem", "tls.ca_certs", "no such file or directory"),
     ("reload_interval: -1", "tls.reload_interval", "must be >= 0"),
+    # suggestions name the documented key, not its alias (key_file, cert_file)
+    ("key_fiel: PKI/server-key.pem", "tls.key_fiel", "unknown key (did you mean 'keyfile'?)"),
+    ("cert_fiel: PKI/server.pem", "tls.cert_fiel", "unknown key (did you mean 'certfile'?)"),
+    ("suppress_ragged_eofs: sometimes", "tls.suppress_ragged_eofs", "expected true or false"),
 ]
 
 
@@ -228,6 +238,28 @@ def test_tls_errors(write, extra: str, key: str, cause: str) -> None:
         load_config(path)
     assert str(info.value).startswith(f"{path}: {key}: ")
     assert cause in str(info.value)
+
+
+@pytest.mark.parametrize(("typo", "suggested"), [
+    ("ca_fil", "ca_certs"), ("ssl_versio", "min_version"), ("cert_req", "mode")])
+def test_a_typo_of_an_alias_suggests_the_documented_key(write, typo: str,
+                                                       suggested: str) -> None:
+    """`ca_fil` is closest to the alias `ca_file`, and closer to `crl_file` than to
+    `ca_certs`: the suggestion is the key `ca_file` stands for."""
+    path = write(MINIMAL.replace("tls:\n", f"tls:\n  {typo}: x\n"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: tls.{typo}: unknown key (did you mean {suggested!r}?)"
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_suppress_ragged_eofs_is_accepted_and_has_no_effect(write, value: str) -> None:
+    """Kept for code that passed it to ssl.wrap_socket; a client's TCP close without
+    close_notify ends its connection either way, so nothing reads it."""
+    config = load_config(write(MINIMAL.replace("tls:\n", f"tls:\n  suppress_ragged_eofs: "
+                                                           f"{value}\n")))
+    assert config.tls == load_config(write(MINIMAL)).tls
+    assert "suppress_ragged_eofs" not in config_to_data(config)["tls"]  # --print-config
 
 
 def test_missing_certificate_file(write, test_pki: PKIFiles) -> None:

@@ -34,7 +34,7 @@ def _post(headers: str, body: bytes = b"", version: str = "HTTP/1.1") -> bytes:
 
 
 # (case, raw request, expected status): each answered by our protocol, then closed.
-# The table in docs/security.rst lists the same cases.
+# The table in docs/source/security.rst lists the same cases.
 ABUSE = [
     ("CL and TE together", _post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
                                  b"0\r\n\r\n"), 400),

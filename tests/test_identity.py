@@ -1,5 +1,6 @@
-"""`PeerIdentity` and the SPEC §5 environ keys, as an application behind
-`IdentityMiddleware` sees them.
+"""`PeerIdentity` and the identity keys of the environ (``SSL_CLIENT_*``,
+``REMOTE_USER``, ``securewsgi.peer``), as an application behind `IdentityMiddleware`
+sees them.
 
 Every expected value is computed here from the certificate with `cryptography` (or
 written out literally), never with securewsgi's own helpers; certificates are real,

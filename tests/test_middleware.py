@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import trustme
 import webob
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 from paste.deploy import loadapp
+from support import memory_peer
 
 from securewsgi import IdentityMiddleware, PeerIdentity
 from securewsgi.config import (
@@ -29,13 +31,12 @@ ETC = Path(__file__).resolve().parent.parent / "etc"
 
 
 @pytest.fixture(scope="module")
-def ca() -> CertificateAuthority:
-    return CertificateAuthority.create()
+def ca() -> trustme.CA:
+    return trustme.CA()
 
 
-def peer(ca: CertificateAuthority, cn: str, **kwargs: Any) -> PeerIdentity:
-    cert, _ = ca.issue_client(cn, **kwargs)
-    return PeerIdentity.from_der(cert.public_bytes(serialization.Encoding.DER))
+def peer(ca: trustme.CA, cn: str) -> PeerIdentity:
+    return memory_peer(ca, cn)
 
 
 def hello(environ: dict, start_response: Any) -> list:
@@ -58,15 +59,16 @@ def test_defaults_allow_everything_and_only_add_identity() -> None:
     assert not mw.policy.active
 
 
-def test_rules_as_dicts_and_as_rule_configs_are_equivalent(ca: CertificateAuthority) -> None:
+def test_rules_as_dicts_and_as_rule_configs_are_equivalent(ca: trustme.CA) -> None:
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes()).subject.rfc4514_string()
     as_dicts = IdentityMiddleware(hello, default="deny", rules=[
         {"name": "admin", "paths": ["/admin/*"], "methods": ["post"],
-         "allow": [{"cn": "ops-*", "issuer_dn": "CN=*"}]},
+         "allow": [{"cn": "ops-*", "issuer_dn": issuer}]},
         {"name": "health", "paths": "/healthz", "allow": [{"anonymous": "yes"}]},
     ])
     as_configs = IdentityMiddleware(hello, default="deny", rules=[
         RuleConfig("admin", ("/admin/*",), ("POST",),
-                   (AllowEntry((("cn", "ops-*"), ("issuer_dn", "CN=*"))),)),
+                   (AllowEntry((("cn", "ops-*"), ("issuer_dn", issuer))),)),
         RuleConfig("health", ("/healthz",), (), (AllowEntry((("anonymous", "true"),)),)),
     ])
     cases = [("/admin/x", "POST", peer(ca, "ops-1")), ("/admin/x", "POST", None),
@@ -93,6 +95,11 @@ def test_rules_as_dicts_and_as_rule_configs_are_equivalent(ca: CertificateAuthor
     ({"rules": [{"name": "r", "paths": ["/x"]}, {"name": "r", "paths": ["/y"]}]},
      "rules[r]", "duplicate"),
     ({"rules": {"name": "r"}}, "rules", "list of rules"),
+    # one duplicate check for ready RuleConfig objects and dicts alike
+    ({"rules": [RuleConfig("r", ("/x",)), {"name": "r", "paths": ["/y"]}]},
+     "rules[r]", "duplicate rule name"),
+    ({"rules": [{"name": "r", "path": ["/x"]}]}, "rules[r].path",
+     "unknown key (did you mean 'paths'?)"),
 ])
 def test_invalid_arguments_raise_config_error(kwargs: dict, key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -109,7 +116,7 @@ def test_trusted_proxies_accepts_strings_networks_and_one_string() -> None:
         assert "10.1.1.1" in mw.trusted_proxies and "::1" in mw.trusted_proxies
 
 
-def test_from_config(tmp_path: Path, ca: CertificateAuthority) -> None:
+def test_from_config(tmp_path: Path, ca: trustme.CA) -> None:
     path = tmp_path / "svc.yaml"
     path.write_text(
         "tls: {mode: none}\n"
@@ -148,7 +155,7 @@ def test_bad_pattern_from_config_names_file_and_rule(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- responses
 
 
-def test_403_and_400_bodies_are_constant(ca: CertificateAuthority) -> None:
+def test_403_and_400_bodies_are_constant(ca: trustme.CA) -> None:
     mw = IdentityMiddleware(hello, rules=[
         {"name": "admin", "paths": ["/admin/*"], "allow": [{"cn": "ops-*"}]}])
     denied = {call(mw, path, who).body for path, who in (
@@ -161,7 +168,7 @@ def test_403_and_400_bodies_are_constant(ca: CertificateAuthority) -> None:
     assert bad.headers["Content-Length"] == str(len(bad.body))
 
 
-def test_peer_is_set_even_when_refused(ca: CertificateAuthority) -> None:
+def test_peer_is_set_even_when_refused(ca: trustme.CA) -> None:
     """An outer access log reads securewsgi.peer after a 403/400, too."""
     mw = IdentityMiddleware(hello, default="deny")
     environ = {"securewsgi.tls_peer": peer(ca, "logme"), "securewsgi.peer": "planted"}
@@ -186,7 +193,7 @@ def test_app_response_passes_through_untouched() -> None:
 # ---------------------------------------------------------------- Paste Deploy
 
 
-def test_filter_factory_directly(tmp_path: Path, ca: CertificateAuthority) -> None:
+def test_filter_factory_directly(tmp_path: Path, ca: trustme.CA) -> None:
     (tmp_path / "policy.yaml").write_text(
         "default: deny\nrules:\n  - {name: ops, paths: ['/*'], allow: [{cn: 'ops-*'}]}\n")
     make = filter_factory({"here": str(tmp_path), "__file__": str(tmp_path / "api-paste.ini")},
@@ -257,7 +264,7 @@ def test_shipped_policy_equals_the_same_rules_in_a_service_file(tmp_path: Path) 
     assert (default, rules) == (expected.default, expected.rules)
 
 
-def test_shipped_paste_pipeline(ca: CertificateAuthority) -> None:
+def test_shipped_paste_pipeline(ca: trustme.CA) -> None:
     app = loadapp(f"config:{ETC / 'api-paste.ini'}", name="main")
     assert isinstance(app, IdentityMiddleware)
     assert app.remote_user == "cn"
@@ -267,7 +274,10 @@ def test_shipped_paste_pipeline(ca: CertificateAuthority) -> None:
 
     ops = peer(ca, "ops-alice")
     dev = peer(ca, "dev-bob")
-    mesh = peer(ca, "workload", san_uri=["spiffe://example.org/ns/ops/sa/deployer"])
+    # trustme writes no URI names: the SPIFFE workload comes from securewsgi's own CA
+    cert, _ = CertificateAuthority.create().issue_client(
+        "workload", san_uri=["spiffe://example.org/ns/ops/sa/deployer"])
+    mesh = PeerIdentity.from_certificate(cert)
     health = get("/healthz", None)
     assert health.status_int == 200
     assert json.loads(health.body)["client"] is None
@@ -284,7 +294,7 @@ def test_shipped_paste_pipeline(ca: CertificateAuthority) -> None:
 
 
 def test_paste_pipeline_in_a_copy_with_trusted_proxies(tmp_path: Path,
-                                                      ca: CertificateAuthority) -> None:
+                                                      ca: trustme.CA) -> None:
     import urllib.parse
 
     shutil.copy(ETC / "policy.yaml", tmp_path / "policy.yaml")
@@ -293,8 +303,7 @@ def test_paste_pipeline_in_a_copy_with_trusted_proxies(tmp_path: Path,
     assert "\ntrusted_proxies = 10.0.0.0/8" in ini
     (tmp_path / "api-paste.ini").write_text(ini)
     app = loadapp(f"config:{tmp_path / 'api-paste.ini'}")
-    cert, _ = ca.issue_client("ops-proxied")
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    pem = ca.issue_cert(common_name="ops-proxied").cert_chain_pems[0].bytes().decode()
     header = {"X-Forwarded-Client-Cert": f'Cert="{urllib.parse.quote(pem, safe="")}"'}
     request = webob.Request.blank("/admin/x", method="POST", headers=header, environ={
         "securewsgi.tls_peer": None, "REMOTE_ADDR": "10.9.8.7"})

@@ -400,9 +400,9 @@ def test_verified_client_is_the_identity(front: Front, test_pki: PKIFiles) -> No
     assert env["securewsgi.peer.source"] == "server"
     assert env["wsgi.url_scheme"] == "https"
     assert env["PATH_INFO"] == "/admin/whoami"
-    # every §5 key rebuilt by the filter: names and formats exactly as securewsgi-run's
-    # (SSL_CLIENT_CERT is PEM again though nginx sent it URL-escaped; nothing of the
-    # server's own set, e.g. mod_ssl's SSL_CLIENT_CERT_CHAIN_0, is left over)
+    # every identity key of the environ rebuilt by the filter: names and formats exactly
+    # as securewsgi-run's (SSL_CLIENT_CERT is PEM again though nginx sent it URL-escaped;
+    # nothing of the server's own set, e.g. mod_ssl's SSL_CLIENT_CERT_CHAIN_0, is left)
     got, expected = identity_keys(env), expected_identity(test_pki, "alice")
     remain = got.pop("SSL_CLIENT_V_REMAIN"), expected.pop("SSL_CLIENT_V_REMAIN")
     assert got == expected

@@ -5,18 +5,15 @@ as sent, ``PATH_INFO = urllib.parse.unquote(raw, encoding="latin1")``.
 """
 from __future__ import annotations
 
-import datetime as dt
 import urllib.parse
 from typing import Any
 
 import pytest
+import trustme
 import webob
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import memory_peer
 
 from securewsgi import IdentityMiddleware, PeerIdentity
 from securewsgi.paths import (
@@ -26,7 +23,6 @@ from securewsgi.paths import (
     judge_path,
     normalise_path,
 )
-from securewsgi.pki import CertificateAuthority
 
 
 def eventlet_environ(raw: str, **extra: Any) -> dict:
@@ -157,17 +153,7 @@ def test_judge_without_raw_path_uses_request_uri() -> None:
 
 @pytest.fixture(scope="module")
 def ops_peer() -> PeerIdentity:
-    ca = CertificateAuthority.create()
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ops-1")]))
-            .issuer_name(ca.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(ca.key, hashes.SHA256()))
-    return PeerIdentity.from_der(cert.public_bytes(serialization.Encoding.DER))
+    return memory_peer(trustme.CA(), "ops-1")
 
 
 class Router:

@@ -18,11 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support import run_command
 
-from securewsgi import pki
+from securewsgi import __version__, pki
 from securewsgi.commands.certs import main
 
-SPEC_FILES = {"ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "crl.pem"}
+# What `init` writes besides the client pairs.
+INIT_FILES = {"ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "crl.pem"}
 HOUR = dt.timedelta(hours=1)
 
 
@@ -90,7 +92,7 @@ def pki_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 
 def test_init_writes_exactly_the_spec_files_with_private_keys_0600(pki_dir: Path) -> None:
     clients = {"alice.pem", "alice-key.pem", "bob.pem", "bob-key.pem"}
-    assert set(os.listdir(pki_dir)) == SPEC_FILES | clients  # no temp files left over
+    assert set(os.listdir(pki_dir)) == INIT_FILES | clients  # no temp files left over
     for name in ("ca-key.pem", "server-key.pem", "alice-key.pem", "bob-key.pem"):
         assert mode(pki_dir / name) == 0o600, name
     for name in ("ca.pem", "server.pem", "alice.pem", "crl.pem"):
@@ -246,11 +248,32 @@ def test_init_exist_ok_keeps_the_pki(pki_dir: Path, capsys: pytest.CaptureFixtur
     assert {p.name: p.read_bytes() for p in pki_dir.iterdir()} == before
 
 
+def test_init_exist_ok_with_a_new_client_says_nothing_was_issued(
+        pki_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--exist-ok keeps the PKI, so a new --client gets no certificate: the command
+    says so and gives the line that does issue it (which then works)."""
+    rc, out, err = run(capsys, "init", pki_dir, "--exist-ok", "--client", "alice",
+                       "--client", "carol")
+    assert rc == 0 and "keep" in out
+    assert not (pki_dir / "carol.pem").exists()
+    issue = f"securewsgi-certs issue {pki_dir} --client carol"
+    assert err == (f"securewsgi-certs: the CA exists, so nothing was created for client "
+                   f"carol; to issue it: {issue}\n")  # alice exists: nothing to say
+    result = run_command(*issue.split())
+    assert result.returncode == 0, result.stderr
+    assert (pki_dir / "carol.pem").exists() and (pki_dir / "carol-key.pem").exists()
+
+
+def test_version() -> None:
+    result = run_command("securewsgi-certs", "--version")
+    assert (result.returncode, result.stdout) == (0, f"securewsgi-certs {__version__}\n")
+
+
 def test_init_exist_ok_creates_a_missing_pki(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "init", tmp_path / "new", "--exist-ok")
     assert rc == 0, err
-    assert set(os.listdir(tmp_path / "new")) == SPEC_FILES
+    assert set(os.listdir(tmp_path / "new")) == INIT_FILES
 
 
 def test_force_and_exist_ok_are_exclusive(tmp_path: Path,
@@ -364,7 +387,7 @@ def test_revoke_twice_keeps_one_entry_and_accumulates(
     number = final.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     assert number > first.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     assert sorted(os.listdir(pki_dir)) == sorted(
-        SPEC_FILES | {"alice.pem", "alice-key.pem", "bob.pem", "bob-key.pem"})
+        INIT_FILES | {"alice.pem", "alice-key.pem", "bob.pem", "bob-key.pem"})
 
 
 def test_revoke_replaces_a_crl_from_another_ca(pki_dir: Path,
@@ -536,7 +559,7 @@ def test_build_crl_drops_duplicate_serials() -> None:
 
 def test_library_functions_return_the_paths_written(tmp_path: Path) -> None:
     written = pki.init_pki(tmp_path, hosts=["svc.test"], clients=["a", "b"])
-    assert {p.name for p in written} == SPEC_FILES | {"a.pem", "a-key.pem", "b.pem", "b-key.pem"}
+    assert {p.name for p in written} == INIT_FILES | {"a.pem", "a-key.pem", "b.pem", "b-key.pem"}
     assert pki.issue_client_files(tmp_path, "c", san_uri=["urn:example:c"]) == [
         tmp_path / "c.pem", tmp_path / "c-key.pem"]
     assert pki.revoke(tmp_path, "c") == tmp_path / "crl.pem"
@@ -556,7 +579,7 @@ def test_installed_console_script(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "curl" in done.stdout
-    assert set(os.listdir(directory)) == SPEC_FILES | {"alice.pem", "alice-key.pem"}
+    assert set(os.listdir(directory)) == INIT_FILES | {"alice.pem", "alice-key.pem"}
     again = subprocess.run([script, "init", str(directory)], capture_output=True, text=True,
                            check=False)
     assert again.returncode == 2

@@ -54,9 +54,16 @@ class MemorySocket:
             segment = segment[:size]
         return segment
 
+    def send(self, data: bytes) -> int:
+        self.sendall(data)
+        return len(data)
+
     def sendall(self, data: bytes) -> None:
         self.output += data
         self.writes += 1
+
+    def gettimeout(self) -> Optional[float]:
+        return None
 
     def settimeout(self, timeout: Optional[float]) -> None:
         pass
@@ -210,6 +217,17 @@ def test_an_os_error_of_the_app_is_a_logged_500(exc: BaseException, caplog) -> N
     assert exchange.access == [(500, len(response.body))]
     assert any(record.exc_info and record.exc_info[0] is type(exc)
                for record in caplog.records if "application error" in record.message)
+
+
+def test_the_application_error_line_quotes_the_target_escaped(caplog) -> None:
+    """The target is the client's text: written with `securewsgi.text.printable` (a
+    backslash doubled, so the line cannot carry a forged escape), cut at 200."""
+    target = "/a\\x0a" + "b" * 300
+    with caplog.at_level(logging.ERROR, logger="securewsgi.http"):
+        run([request(target)], raising(ValueError("boom")))
+    [line] = [r.getMessage() for r in caplog.records if "application error" in r.message]
+    # 200 characters of the target: its 6 of "/a\x0a" (7 once escaped), 194 b's
+    assert line == "application error: GET /a\\\\x0a" + "b" * 194 + "..."
 
 
 def test_a_client_timeout_while_the_app_reads_the_body_is_no_app_error(caplog) -> None:

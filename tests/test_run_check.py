@@ -47,6 +47,19 @@ def test_check_prints_a_summary(service, capsys, test_pki: PKIFiles) -> None:
     assert out.rstrip().endswith("OK")
 
 
+@pytest.mark.parametrize(("tls", "extra", "key", "cause"), [
+    # a misspelt rule key is named, not taken for a rule without paths
+    ("", "authorization:\n  rules:\n    - {name: admin, path: [/admin/*]}\n",
+     "authorization.rules[admin].path", "unknown key (did you mean 'paths'?)"),
+    # the suggestion is the documented key, not its alias key_file
+    ("key_fiel: x.pem", "", "tls.key_fiel", "unknown key (did you mean 'keyfile'?)"),
+])
+def test_misspelt_keys_get_the_documented_suggestion(service, capsys, tls: str, extra: str,
+                                                     key: str, cause: str) -> None:
+    code, _, err = check(service(tls, extra=extra), capsys)
+    _one_error_line(code, err, key, cause)
+
+
 def _make_pair(test_pki: PKIFiles, stem: str, **kwargs) -> tuple:
     cert, key = test_pki.ca.issue_server(["localhost"], **kwargs)
     return test_pki.write_pair(stem, cert, key)

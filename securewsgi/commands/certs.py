@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from securewsgi import pki
+from securewsgi import __version__, pki
 
 PROG = "securewsgi-certs"
 EXIT_OK = 0
@@ -23,6 +23,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Create a development PKI for securewsgi (not for production).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     _add_init(commands)
@@ -83,6 +84,13 @@ def _run_init(args: argparse.Namespace) -> int:
     directory: Path = args.directory
     if args.exist_ok and (directory / pki.CA_FILE).exists():
         print(f"keeping the existing PKI in {directory} ({directory / pki.CA_FILE} exists)")
+        for client in args.client:
+            if not (directory / f"{client}.pem").exists():
+                # --exist-ok keeps the whole PKI, the CA included: nothing new is made
+                name = shlex.quote(client)
+                print(f"{PROG}: the CA exists, so nothing was created for client {name};"
+                      f" to issue it: {PROG} issue {_q(directory)} --client {name}",
+                      file=sys.stderr)
         return EXIT_OK
     written = pki.init_pki(directory, hosts=args.host, clients=args.client,
                            key_type=args.key_type, force=args.force)

@@ -59,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-version", choices=sorted(TLS_VERSIONS),
                         help="offer only this TLS version (default: 1.2 and 1.3)")
     parser.add_argument("--json", action="store_true",
-                        help="print the facts as one JSON object (its keys: README, "
-                             "section \"Checking a connection\")")
+                        help="print the facts as one JSON object (its keys: "
+                             "docs/source/clients.rst, section \"Checking a connection\")")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

@@ -50,13 +50,13 @@ from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection
 from ..tls import ServerTLS
 from ..tlsfacts import connection_environ, plain_environ
+from ..wsgitypes import WSGIApp
 from . import common
 from .admission import HandshakeBudget
 
 log = logging.getLogger("securewsgi.server")
 
 TLSGetter = Callable[[], ServerTLS]
-WSGIApp = Callable[..., Any]
 Task = Callable[[], None]
 
 # Errors from accept() that mean "try again shortly", not "the server is broken".
