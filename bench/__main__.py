@@ -1,4 +1,4 @@
-"""`python -m bench`: see bench/run.py and docs/benchmarks.rst."""
+"""`python -m bench`: see bench/run.py and docs/source/benchmarks.rst."""
 import sys
 
 from .run import main

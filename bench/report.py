@@ -1,4 +1,4 @@
-"""Turn a results file into docs/benchmarks.rst and its chart.
+"""Turn a results file into docs/source/benchmarks.rst and its chart.
 
 Everything on the page is computed from the JSON alone (``python -m bench --render
 FILE`` redraws it), so a page can always be traced back to the raw runs. Each number
@@ -229,9 +229,9 @@ def _blocking_goal(name: str, share: float) -> Callable[[dict[str, Any]], Verdic
     return judge
 
 
-PEERS = "Issue: against uWSGI, mod_wsgi and nginx (securewsgi, eventlet engine)"
-ENGINE = "Issue: the threads engine (securewsgi-threads vs securewsgi)"
-EARLIER = "Earlier goals (issue 8, securewsgi)"
+PEERS = "Goals against uWSGI, mod_wsgi and nginx (securewsgi, eventlet engine)"
+ENGINE = "Goals for the threads engine (securewsgi-threads vs securewsgi)"
+EARLIER = "Earlier goals (securewsgi)"
 
 GOALS = (
     Goal(PEERS, "Keep-alive req/s vs uwsgi-https (uWSGI's HTTPS router)", "≥ 1.2×",
@@ -450,8 +450,8 @@ available" with the server's own error line. The one thing built on first use is
 
 Each run writes ``bench/results/<timestamp>.json`` (every repetition's raw numbers),
 py-spy profiles in ``bench/results/<timestamp>-profiles/``, this page and
-``docs/benchmarks.png``. ``--quick`` writes its page next to its results file and
-leaves this one alone.
+``docs/source/benchmarks.png``. ``--quick`` writes its page next to its results file
+and leaves this one alone.
 """
 
 TOOLS = """\

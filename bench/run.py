@@ -1,8 +1,9 @@
 """`python -m bench`: run every target, write bench/results/<timestamp>.json, render
-docs/benchmarks.rst and docs/benchmarks.png.
+docs/source/benchmarks.rst and docs/source/benchmarks.png.
 
 Order of work (repetitions are interleaved across targets, so slow drift on a shared
-machine spreads over all targets instead of biasing one; FACTS 28):
+machine spreads over all targets instead of biasing one: running one target's three
+repetitions back to back once put a passing load spike on a single target):
 
 1. make a test PKI with ``securewsgi-certs init`` in a temporary directory;
 2. for each repetition, for each target: start it pinned to the server CPU, check it
@@ -47,8 +48,8 @@ from .install import run_setup
 from .targets import BENCH_DIR, REPO_DIR, Env, Target, by_name, parse_override
 
 RESULTS_DIR = BENCH_DIR / "results"
-DOCS_PAGE = REPO_DIR / "docs" / "benchmarks.rst"
-DOCS_CHART = REPO_DIR / "docs" / "benchmarks.png"
+DOCS_PAGE = REPO_DIR / "docs" / "source" / "benchmarks.rst"
+DOCS_CHART = REPO_DIR / "docs" / "source" / "benchmarks.png"
 START_TIMEOUT = 30.0
 QUICK_PROFILE_SECONDS = 3.0  # --quick --profile
 
@@ -95,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--render", metavar="RESULTS_JSON",
                         help="only render the page (and chart) from an earlier results file")
     parser.add_argument("--output", metavar="RST",
-                        help="page to write (default docs/benchmarks.rst; --quick: next to "
-                             "the results file)")
+                        help="page to write (default docs/source/benchmarks.rst; --quick: "
+                             "next to the results file)")
     return parser
 
 
@@ -206,7 +207,7 @@ def run(plan: measure.Plan, targets: list[Target], output: Optional[Path],
 
 
 def publish(results: dict[str, Any], page: Path) -> None:
-    """The page, and the chart next to it (docs/benchmarks.png for the docs page)."""
+    """The page, and the chart next to it (docs/source/benchmarks.png for the docs page)."""
     page.parent.mkdir(parents=True, exist_ok=True)
     chart = page.with_suffix(".png")
     chart_ok = report.chart(results, chart)
