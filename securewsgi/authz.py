@@ -269,6 +269,9 @@ class _Rule:
         return any(match(peer) for match in self.allow)
 
 
+_RECENT_DECISIONS = 4096
+
+
 class Policy:
     """Ordered rules plus the default; `decide` is the per-request entry point."""
 
@@ -280,6 +283,10 @@ class Policy:
         self._default = Decision(default == "allow", DEFAULT_RULE)
         self._decisions = {r.name: (Decision(True, r.name), Decision(False, r.name))
                            for r in self.rules}
+        # (path, method, id(peer)) -> (peer, decision): clients repeat their requests,
+        # and a lookup costs a fifth of walking the rules. Holding the peer keeps its
+        # id from being reused while the entry lives; the table is emptied when full.
+        self._recent: dict[tuple[str, str, int], tuple[Optional[PeerIdentity], Decision]] = {}
 
     @property
     def active(self) -> bool:
@@ -292,8 +299,17 @@ class Policy:
         `path` must already be normalised (`securewsgi.paths.judge_path`); `method` is
         compared upper-cased, as frameworks route it.
         """
-        if not method.isupper():
-            method = method.upper()
+        key = (path, method, id(peer))
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] is peer:
+            return recent[1]
+        decision = self._walk(path, method if method.isupper() else method.upper(), peer)
+        if len(self._recent) >= _RECENT_DECISIONS:
+            self._recent.clear()
+        self._recent[key] = (peer, decision)
+        return decision
+
+    def _walk(self, path: str, method: str, peer: Optional[PeerIdentity]) -> Decision:
         for rule in self.rules:
             if rule.applies(path, method):
                 allowed, denied = self._decisions[rule.name]

@@ -156,6 +156,24 @@ def test_first_matching_rule_decides(ca: CertificateAuthority) -> None:
     assert not p.decide("/other", "GET", alice).allowed
 
 
+def test_remembered_decisions_are_per_peer_and_bounded(ca: CertificateAuthority) -> None:
+    """Decisions are remembered per (path, method, peer): a remembered "allow" for one
+    client is never handed to another client, to anonymous or to another method on
+    the same path; and the table stays bounded."""
+    alice, mallory = make_peer(ca, "alice"), make_peer(ca, "mallory")
+    p = policy({"name": "admin", "paths": ["/admin/*"], "allow": [{"cn": "alice"}]},
+               default="deny")
+    for _ in range(3):  # alternate, so each answer may come from the table
+        assert p.decide("/admin/x", "GET", alice).allowed
+        assert not p.decide("/admin/x", "GET", mallory).allowed
+        assert not p.decide("/admin/x", "GET", None).allowed
+        assert not p.decide("/admin/x", "DELETE", mallory).allowed
+    for n in range(5000):
+        assert p.decide(f"/admin/{n}", "GET", alice).allowed
+    assert len(p._recent) <= 4096
+    assert not p.decide("/admin/x", "GET", mallory).allowed
+
+
 @pytest.mark.parametrize("default", ["allow", "deny"])
 def test_default_when_no_rule_matches(default: str) -> None:
     p = policy({"name": "r", "paths": ["/x"], "allow": []}, default=default)

@@ -23,6 +23,7 @@ is shared with the eventlet engine (`admission.py`).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -42,13 +43,13 @@ from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection, Refusal
 from ..tls import ServerTLS
 from ..tlsfacts import connection_environ, plain_environ
+from ..wsgitypes import WSGIApp
 from . import common
 from .admission import HandshakeBudget
 
 log = logging.getLogger("securewsgi.server")
 
 TLSGetter = Callable[[], ServerTLS]
-WSGIApp = Callable[..., Any]
 Task = Callable[[], None]
 
 _TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
@@ -57,6 +58,7 @@ _ACCEPT_BATCH = 64  # connections accepted per wake-up before others get a turn
 _POLL_SECONDS = 0.5  # how often an idle pool thread looks at the stop flag
 _HANDOFF_SECONDS = 0.01  # a leader busy this long gets a spare polling in its place
 _WATCH_SECONDS = 0.005
+_EVENT_BATCH = 64  # events taken per epoll_wait (the rest wait in `_Server.ready`)
 _M_ARENA_MAX = -8  # glibc malloc.h
 _IN = select.EPOLLIN | select.EPOLLONESHOT | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT | select.EPOLLONESHOT
@@ -83,7 +85,7 @@ class _Conn:
     """One connection and what it waits for."""
 
     __slots__ = ("addr", "busy", "closed", "deadline", "doomed", "fd", "http",
-                 "lingered", "lock", "phase", "revoked", "sock", "started")
+                 "lingered", "lock", "pending", "phase", "revoked", "sock", "started")
 
     def __init__(self, sock: socket.socket, addr: Any, http: Connection) -> None:
         self.sock: Any = sock
@@ -99,6 +101,8 @@ class _Conn:
         self.revoked: frozenset = frozenset()
         self.started = 0.0  # when the current request head began to arrive
         self.lingered = 0
+        # Bytes the TLS layer already decrypted and holds (none on a plain socket).
+        self.pending: Callable[[], int] = _nothing
 
 
 class _Server:
@@ -125,13 +129,15 @@ class _Server:
         self.epoll.register(self.listener_fd, select.EPOLLIN | select.EPOLLONESHOT)
         self._warned_accept = False
         self._warned_full = False
-        # One thread polls at a time (the leader) and serves what it gets itself; the
-        # others wait as spares. Handing every event to another thread would make the
-        # threads take turns at the GIL for each request, which costs more than the
-        # request. When the leader is held up (a slow app, a blocking call) for
-        # HANDOFF_SECONDS, the watcher wakes a spare to poll in its place.
+        # One thread at a time is the leader: it polls, takes a batch of ready
+        # connections and serves them one after the other; the others wait as
+        # spares. Handing events to several threads would make them take turns at
+        # the GIL for each request, which costs more than the request. When the
+        # leader is held up (a slow app, a blocking call) for HANDOFF_SECONDS, the
+        # watcher makes a spare the leader: it serves the rest of the batch and polls.
         self.turn = threading.Condition(threading.Lock())
-        self.pollers = 0
+        self.leader: Optional[int] = None  # thread id
+        self.ready: collections.deque[int] = collections.deque()  # polled, not yet served
         self.busy_since: dict[int, float] = {}  # thread id -> when its current work began
         self.threads = [threading.Thread(target=self._work, name=f"securewsgi-{n}",
                                          daemon=True) for n in range(config.threads)]
@@ -146,51 +152,62 @@ class _Server:
     # ------------------------------------------------------------ the pool's loop
 
     def _work(self) -> None:
-        poll = self.epoll.poll
-        turn = self.turn
+        """A pool thread: wait to be the leader, then serve the ready connections,
+        polling for a batch of them whenever none is left."""
+        ready = self.ready
         me = threading.get_ident()
         busy = self.busy_since
         while not self.stopped:
-            with turn:
-                while self.pollers and not self.stopped:
-                    turn.wait(_POLL_SECONDS)  # a spare: someone else polls
-                self.pollers += 1
+            if self.leader != me and not self._lead(me):
+                continue
             try:
-                events = poll(_POLL_SECONDS, 1)
-            except OSError:  # the epoll set was closed at the very end
-                return
-            finally:
-                with turn:
-                    self.pollers -= 1
-            for fd, _mask in events:
-                busy[me] = time.monotonic()
+                fd = ready.popleft()
+            except IndexError:
                 try:
-                    if fd == self.listener_fd:
-                        self._accept_some()
-                    else:
-                        self._on_event(fd)
-                except Exception:  # never lose a pool thread
-                    log.exception("unexpected error in the threads engine")
-                finally:
-                    del busy[me]
+                    events = self.epoll.poll(_POLL_SECONDS, _EVENT_BATCH)
+                except OSError:  # the epoll set was closed at the very end
+                    return
+                if not events:
+                    continue
+                ready.extend(fd for fd, _mask in events[1:])
+                fd = events[0][0]
+            busy[me] = time.monotonic()
+            try:
+                if fd == self.listener_fd:
+                    self._accept_some()
+                else:
+                    self._on_event(fd)
+            except Exception:  # never lose a pool thread
+                log.exception("unexpected error in the threads engine")
+            finally:
+                del busy[me]
+
+    def _lead(self, me: int) -> bool:
+        """Wait as a spare until there is no leader, then become it (False: the wait
+        timed out or the server stops; look at the stop flag and wait again)."""
+        with self.turn:
+            if self.leader is not None and not self.stopped:
+                self.turn.wait(_POLL_SECONDS)
+            if self.leader is None and not self.stopped:
+                self.leader = me
+                return True
+            return False
 
     def _watch(self) -> None:
-        """Wake a spare to poll when nobody polls because every working thread has
-        been at its work for HANDOFF_SECONDS (a blocking app, a slow client)."""
+        """Make a spare the leader when the leader has been at one piece of work
+        (a blocking app, a slow client) for HANDOFF_SECONDS."""
         busy = self.busy_since
         while not self.stopped:
             time.sleep(_WATCH_SECONDS)
-            if self.pollers or not busy:
+            leader = self.leader
+            since = busy.get(leader) if leader is not None else None
+            if since is None or time.monotonic() - since < _HANDOFF_SECONDS or \
+                    len(busy) >= len(self.threads):
                 continue
-            try:
-                newest = max(busy.values())
-            except ValueError:  # emptied meanwhile
-                continue
-            if time.monotonic() - newest >= _HANDOFF_SECONDS and \
-                    len(busy) < len(self.threads):
-                with self.turn:
-                    if not self.pollers:
-                        self.turn.notify()
+            with self.turn:
+                if self.leader == leader and leader in busy:
+                    self.leader = None
+                    self.turn.notify()
 
     def _on_event(self, fd: int) -> None:
         conn = self.conns.get(fd)
@@ -339,6 +356,7 @@ class _Server:
         conn.sock = state.context.wrap_socket(conn.sock, server_side=True,
                                               do_handshake_on_connect=False)
         conn.http.sock = conn.sock
+        conn.pending = conn.sock.pending
         conn.revoked = state.revoked
         conn.phase = HANDSHAKE
 
@@ -392,14 +410,17 @@ class _Server:
                 if received is None:
                     return  # waiting again, or ended
                 continue
-            conn.sock.settimeout(self.config.socket_timeout)
+            # The socket stays non-blocking: `Connection.send` waits only when the
+            # socket buffer is full, and a body read sets its own timeout.
             keep = http.handle(head)
-            conn.sock.setblocking(False)
+            sock = conn.sock
+            if sock.gettimeout() != 0.0:
+                sock.setblocking(False)
             if not keep or http.closing:
                 self._end(conn)
                 return
             conn.started = 0.0
-            if b"\r\n\r\n" not in http.buf and not _pending(conn.sock):
+            if b"\r\n\r\n" not in http.buf and not conn.pending():
                 # The client reads our answer before it writes again: waiting in
                 # epoll costs less than a read that finds nothing (a system call
                 # and an exception per request).
@@ -576,10 +597,8 @@ class _Ended(Exception):
     """The connection was closed while advancing it."""
 
 
-def _pending(sock: Any) -> int:
-    """Bytes the TLS layer already decrypted and holds (0 for a plain socket)."""
-    pending = getattr(sock, "pending", None)
-    return pending() if pending is not None else 0
+def _nothing() -> int:
+    return 0
 
 
 def run(listener: socket.socket, app: WSGIApp, config: ServerConfig,
