@@ -11,13 +11,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_config": "securewsgi.config",
-    "Config": "securewsgi.config",
+    "load_config": "securewsgi.config.loader",
+    "Config": "securewsgi.config.schema",
     "ConfigError": "securewsgi.errors",
     "SecureWSGIError": "securewsgi.errors",
-    "serve": "securewsgi.server",
-    "PeerIdentity": "securewsgi.identity",
-    "IdentityMiddleware": "securewsgi.middleware",
+    "serve": "securewsgi.server.service",
+    "PeerIdentity": "securewsgi.tls.peer",
+    "IdentityMiddleware": "securewsgi.identity.middleware",
 }
 
 __all__ = ["__version__", *_LAZY]

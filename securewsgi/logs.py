@@ -2,7 +2,7 @@
 or as the site's own `logging.config_file` says; and `wsgi.errors`, which goes through
 the same error log.
 
-The access log does not go through `logging` (see accesslog.py).
+The access log does not go through `logging` (see server/accesslog.py).
 
 Kept apart from the code that logs, so every module just uses `logging.getLogger`.
 """
@@ -21,7 +21,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .config import INI_SUFFIXES, LoggingConfig, yaml_error_text
+from .config import LoggingConfig
+from .config.loader import INI_SUFFIXES, yaml_error_text
 from .errors import ConfigError
 
 DICT_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")

@@ -37,12 +37,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import processes
-from .validity import utcnow
+from .tls.validity import utcnow
 
 if TYPE_CHECKING:
     from .config import MetricsConfig
     from .http11 import AccessLogger
-    from .tls import ServerTLS
+    from .tls.context import ServerTLS
 
 log = logging.getLogger("securewsgi.metrics")
 

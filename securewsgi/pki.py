@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import pemkeys
 from .errors import SecureWSGIError
-from .pemkeys import KeyLoadError, load_private_key
+from .tls import pemkeys
+from .tls.pemkeys import KeyLoadError, load_private_key
 
 __all__ = [
     "KEY_TYPES",

@@ -19,15 +19,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securewsgi import IdentityMiddleware, PeerIdentity
-from securewsgi.authz import (
+from securewsgi.config import load_config
+from securewsgi.config.loader import read_rules
+from securewsgi.errors import ConfigError
+from securewsgi.identity.authz import (
     Decision,
     compile_glob,
     compile_policy,
     normalise_fingerprint,
     normalise_serial,
 )
-from securewsgi.config import load_config, read_rules
-from securewsgi.errors import ConfigError
 from securewsgi.pki import CertificateAuthority
 from securewsgi.text import printable
 

@@ -33,8 +33,8 @@ from support import (
 )
 
 from securewsgi import pki
+from securewsgi.client.diagnose import JSON_KEYS, _name_to_string, hostname_matches
 from securewsgi.commands.check import main
-from securewsgi.diagnose import JSON_KEYS, _name_to_string, hostname_matches
 
 UNKNOWN_CA_FIX = "pass --ca with the CA that signed the server certificate."
 REQUIRED = "the server requires a client certificate and none was sent."

@@ -13,7 +13,7 @@ from support import PKIFiles, ServerProcess, TCPPeer, run_command
 
 from securewsgi import pki
 from securewsgi.client import ClientConfigError, read_client_config, session, ssl_context
-from securewsgi.diagnose import diagnose
+from securewsgi.client.diagnose import diagnose
 
 PASSWORD = "c0rrect horse"
 

@@ -25,7 +25,7 @@ from securewsgi import IdentityMiddleware, PeerIdentity
 from securewsgi.commands.run import main as run_main
 from securewsgi.config import load_config
 from securewsgi.errors import ConfigError
-from securewsgi.middleware import filter_factory
+from securewsgi.identity.middleware import filter_factory
 from securewsgi.pki import CertificateAuthority
 
 ETC = Path(__file__).resolve().parent.parent / "etc"

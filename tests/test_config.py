@@ -10,7 +10,7 @@ import pytest
 from support import PKIFiles
 
 from securewsgi.config import load_config
-from securewsgi.configdump import config_to_data
+from securewsgi.config.dump import config_to_data
 from securewsgi.errors import ConfigError
 
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from support import DEPLOY, REPO, PKIFiles, run_command
 
-from securewsgi.authz import compile_policy
 from securewsgi.config import load_config
+from securewsgi.identity.authz import compile_policy
 
 YAML_FILES = sorted(DEPLOY.rglob("*.yaml"))
 SERVICE_FILES = ["nginx/backend-http.yaml", "nginx/backend-mtls.yaml", "haproxy/backend.yaml"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from securewsgi import config as config_module
+from securewsgi.config import loader as config_module
 from securewsgi.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +117,7 @@ def test_client_keys_are_documented() -> None:
     """The keys of a client file (`session(config=...)`) and of `securewsgi-check
     --json`, which clients.rst lists."""
     from securewsgi.client import CONFIG_KEYS
-    from securewsgi.diagnose import JSON_KEYS
+    from securewsgi.client.diagnose import JSON_KEYS
 
     text = (DOCS / "clients.rst").read_text(encoding="utf-8")
     missing = [key for key in (*CONFIG_KEYS, *JSON_KEYS) if f"``{key}``" not in text]

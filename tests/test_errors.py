@@ -1,6 +1,6 @@
 """One family for every error securewsgi raises on purpose (`SecureWSGIError`), each
 class keeping the standard base its callers already catch; and the one PEM key loader
-(`securewsgi.pemkeys`) the server, the client helper, the checker and the PKI share."""
+(`securewsgi.tls.pemkeys`) the server, the client helper, the checker and the PKI share."""
 from __future__ import annotations
 
 import importlib
@@ -16,19 +16,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec
 
 import securewsgi
-from securewsgi import SecureWSGIError, pemkeys, pki
+from securewsgi import SecureWSGIError, pki
 from securewsgi.client import ClientConfigError
+from securewsgi.client.diagnose import UsageError
 from securewsgi.config import load_config
-from securewsgi.diagnose import UsageError
 from securewsgi.errors import ConfigError, StartupError
-from securewsgi.forwarded import ForwardedCertError, ServerCertError
 from securewsgi.http11 import Refusal
-from securewsgi.identity import CertificateParseError
-from securewsgi.paths import PathError
-from securewsgi.pemkeys import KeyLoadError, load_private_key
+from securewsgi.identity.forwarded import ForwardedCertError, ServerCertError
+from securewsgi.identity.paths import PathError
 from securewsgi.pki import PKIError
 from securewsgi.proxyprotocol import ProxyHeaderError
-from securewsgi.tlsfacts import ResumedPeerRefused
+from securewsgi.tls import pemkeys
+from securewsgi.tls.facts import ResumedPeerRefused
+from securewsgi.tls.peer import CertificateParseError
+from securewsgi.tls.pemkeys import KeyLoadError, load_private_key
 
 # class -> the standard base it had before the family existed (still caught by it)
 PUBLIC_ERRORS = {

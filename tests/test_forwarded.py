@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from securewsgi import IdentityMiddleware, PeerIdentity
-from securewsgi.forwarded import (
+from securewsgi.identity.forwarded import (
     ForwardedCertError,
     ForwardedCertReader,
     TrustedProxies,

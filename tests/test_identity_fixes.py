@@ -22,10 +22,10 @@ from cryptography.x509.oid import NameOID
 from support import PKIFiles, ServerProcess, client_context, exchange, raw_https, status_of
 
 from securewsgi import IdentityMiddleware, PeerIdentity
-from securewsgi.authz import compile_pattern, compile_policy
 from securewsgi.config import RuleConfig, load_config
 from securewsgi.errors import ConfigError
-from securewsgi.middleware import filter_factory
+from securewsgi.identity.authz import compile_pattern, compile_policy
+from securewsgi.identity.middleware import filter_factory
 from securewsgi.pki import CertificateAuthority
 
 APPS = str(Path(__file__).parent / "apps")

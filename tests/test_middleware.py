@@ -24,7 +24,7 @@ from securewsgi.config import (
     load_config,
 )
 from securewsgi.errors import ConfigError
-from securewsgi.middleware import filter_factory
+from securewsgi.identity.middleware import filter_factory
 from securewsgi.pki import CertificateAuthority
 
 ETC = Path(__file__).resolve().parent.parent / "etc"
@@ -258,7 +258,7 @@ def test_shipped_policy_equals_the_same_rules_in_a_service_file(tmp_path: Path) 
     service.write_text(yaml.safe_dump({"tls": {"mode": "none"}, "app": {"factory": "a:b"},
                                        "authorization": policy}))
     expected = load_config(service, environ={}).authorization
-    from securewsgi.middleware import _read_policy_file
+    from securewsgi.identity.middleware import _read_policy_file
 
     default, rules = _read_policy_file(ETC / "policy.yaml")
     assert (default, rules) == (expected.default, expected.rules)

@@ -1,4 +1,4 @@
-"""Path normalisation (securewsgi.paths) and the bypass attempts it exists to stop.
+"""Path normalisation (securewsgi.identity.paths) and the bypass attempts it exists to stop.
 
 Requests are built the way eventlet.wsgi builds them: ``RAW_PATH_INFO`` is the path
 as sent, ``PATH_INFO = urllib.parse.unquote(raw, encoding="latin1")``.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from support import memory_peer
 
 from securewsgi import IdentityMiddleware, PeerIdentity
-from securewsgi.paths import (
+from securewsgi.identity.paths import (
     ORIGINAL_PATH_KEY,
     PathError,
     check_raw_path,

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from securewsgi.config import ServerConfig, load_config
 from securewsgi.errors import ConfigError
-from securewsgi.forwarded import ForwardedCertError, ForwardedCertReader, parse_xfcc
 from securewsgi.http11 import Refusal, _check_partial_head, _parse_head
+from securewsgi.identity.forwarded import ForwardedCertError, ForwardedCertReader, parse_xfcc
 
 SECTIONS = ("server", "tls", "app", "identity", "authorization", "logging", "servr")
 KEYS = ("host", "port", "workers", "keepalive", "mode", "certfile", "ca_certs",

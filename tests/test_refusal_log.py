@@ -34,12 +34,12 @@ from support import (
 )
 
 from securewsgi import pki
+from securewsgi.client.diagnose import VERDICT_WAIT, diagnose
 from securewsgi.commands.check import main as check_main
-from securewsgi.config import config_from_dict
-from securewsgi.diagnose import VERDICT_WAIT, diagnose
-from securewsgi.reload import TLSReloader
-from securewsgi.tls import build_server_tls
-from securewsgi.validity import days_left, expires, time_left
+from securewsgi.config.loader import config_from_dict
+from securewsgi.tls.context import build_server_tls
+from securewsgi.tls.reload import TLSReloader
+from securewsgi.tls.validity import days_left, expires, time_left
 
 LINE = r"TLS handshake failed: client=127\.0\.0\.1:\d+ "
 

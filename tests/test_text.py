@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from securewsgi import IdentityMiddleware
-from securewsgi.accesslog import AccessLogWriter
+from securewsgi.server.accesslog import AccessLogWriter
 from securewsgi.text import printable
 
 

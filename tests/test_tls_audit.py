@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from securewsgi.tls import DEFAULT_CIPHERS
+from securewsgi.tls.context import DEFAULT_CIPHERS
 
 REPO = Path(__file__).resolve().parent.parent
 TLS_AUDIT = REPO / "tools" / "tls-audit"

@@ -1,7 +1,7 @@
 """``securewsgi-check URL``: connect as a client and explain the TLS result in plain words.
 
 Only argument parsing and output (the text report) live here; the checks and the JSON
-form are in :mod:`securewsgi.diagnose`.
+form are in :mod:`securewsgi.client.diagnose`.
 
 Exit status: 0 when the TLS handshake and the HTTP exchange worked and the status is
 below 400; 1 for every other outcome (the report says which step failed, and a 4xx/5xx
@@ -17,8 +17,15 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .. import __version__
-from ..diagnose import DEFAULT_TIMEOUT, TLS_VERSIONS, Diagnosis, UsageError, diagnose, parse_iso
-from ..validity import plural, time_left
+from ..client.diagnose import (
+    DEFAULT_TIMEOUT,
+    TLS_VERSIONS,
+    Diagnosis,
+    UsageError,
+    diagnose,
+    parse_iso,
+)
+from ..tls.validity import plural, time_left
 
 PROG = "securewsgi-check"
 EXIT_USAGE = 2

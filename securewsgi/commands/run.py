@@ -92,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         config = load_config(args.config, overrides=overrides_from(args))
         if args.print_config:
-            from ..configdump import dump_config
+            from ..config.dump import dump_config
 
             sys.stdout.write(dump_config(config))
             return 0

@@ -1,7 +1,7 @@
 """Engines: what runs many connections at once. Each engine is one module here.
 
 An engine owns concurrency and nothing else: it accepts on the listening socket that
-`server.py` bound, runs each connection's TLS handshake under its own deadline, hands
+`server/service.py` bound, runs each connection's TLS handshake under its own deadline, hands
 the connection to the engine-neutral `http11.Connection`, and stops gracefully. Every
 engine module provides the same two functions:
 

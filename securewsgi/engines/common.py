@@ -21,8 +21,8 @@ from ..config import ServerConfig
 from ..logs import WSGI_ERRORS, RateLimitedLog
 from ..proxyprotocol import ProxyHeaderError
 from ..proxyprotocol import read_header as read_proxy_header
-from ..refusals import Refusal, explain
-from ..tlsfacts import PROXIED_BY_KEY
+from ..tls.facts import PROXIED_BY_KEY
+from ..tls.refusals import Refusal, explain
 
 log = logging.getLogger("securewsgi.server")
 # Refused handshakes are triggered by clients at will: rate-limit their log lines.

@@ -17,7 +17,7 @@ handshake to the first read, bounded only per read). So the loop is ours and sho
    the current SSLContext and finish the handshake under a total `handshake_timeout`
    (a silent or slow client only costs its own greenthread); failures are one
    rate-limited INFO line with a plain reason;
-3. compute the TLS facts once (`tlsfacts`), then `http11.Connection` serves requests;
+3. compute the TLS facts once (`tls.facts`), then `http11.Connection` serves requests;
 4. end with a TLS close_notify, lingering while the client may still be sending.
 
 When the pool is full of established connections, accept() waits: new connections
@@ -48,8 +48,8 @@ import contextlib
 from .. import metrics
 from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection
-from ..tls import ServerTLS
-from ..tlsfacts import connection_environ, plain_environ
+from ..tls.context import ServerTLS
+from ..tls.facts import connection_environ, plain_environ
 from ..wsgitypes import WSGIApp
 from . import common
 from .admission import HandshakeBudget

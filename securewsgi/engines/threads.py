@@ -41,8 +41,8 @@ from typing import Any, Callable, Optional
 from .. import metrics
 from ..config import ServerConfig
 from ..http11 import AccessLogger, Connection, Refusal
-from ..tls import ServerTLS
-from ..tlsfacts import connection_environ, plain_environ
+from ..tls.context import ServerTLS
+from ..tls.facts import connection_environ, plain_environ
 from ..wsgitypes import WSGIApp
 from . import common
 from .admission import HandshakeBudget

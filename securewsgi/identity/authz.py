@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .config import AllowEntry, RuleConfig
-from .errors import ConfigError
-from .identity import PeerIdentity
+from ..config import AllowEntry, RuleConfig
+from ..errors import ConfigError
+from ..tls.peer import PeerIdentity
 from .paths import PathError, normalise_path
 
 __all__ = [
@@ -296,7 +296,7 @@ class Policy:
     def decide(self, path: str, method: str, peer: Optional[PeerIdentity]) -> Decision:
         """First rule whose paths and method match decides; else the default.
 
-        `path` must already be normalised (`securewsgi.paths.judge_path`); `method` is
+        `path` must already be normalised (`securewsgi.identity.paths.judge_path`); `method` is
         compared upper-cased, as frameworks route it.
         """
         key = (path, method, id(peer))

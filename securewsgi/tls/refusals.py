@@ -17,7 +17,7 @@ handshake that succeeds; every fact is gathered after the failure:
   OpenSSL reason code of the alert or error. The raw OpenSSL text is kept as
   `detail` only: "self-signed certificate in certificate chain" means "not signed by
   a CA in tls.ca_certs" when the client sends its root along, and says so.
-* Our own side: `ServerFacts`, attached to each server context by tls.py.
+* Our own side: `ServerFacts`, attached to each server context by context.py.
 * Whether the client sent anything at all before closing: `silent`, from TCP_INFO.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any, Optional
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .text import printable
-from .tlsfacts import ResumedPeerRefused
+from ..text import printable
+from .facts import ResumedPeerRefused
 from .validity import utcnow, when
 
 FINGERPRINT_HEX = 16  # a short fingerprint: the first 8 bytes of a SHA-256 / key id
@@ -440,7 +440,7 @@ def _covers(sans: Sequence[str], name: str) -> bool:
 def server_facts(certfile: str, leaf: x509.Certificate, sans: Sequence[str],
                  client_cas: Sequence[x509.Certificate], crl_file: Optional[str],
                  min_version: str, max_version: Optional[str]) -> ServerFacts:
-    """The `ServerFacts` of a context built from these files (called by tls.py)."""
+    """The `ServerFacts` of a context built from these files (called by context.py)."""
     return ServerFacts(certfile=certfile, not_after=leaf.not_valid_after_utc,
                        sans=tuple(sans), issuer=leaf.issuer.rfc4514_string(),
                        issuer_key_id=authority_key_id(leaf),

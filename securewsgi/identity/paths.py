@@ -31,7 +31,7 @@ import re
 import urllib.parse
 from typing import Any, Optional
 
-from .errors import SecureWSGIError
+from ..errors import SecureWSGIError
 
 __all__ = ["ORIGINAL_PATH_KEY", "PathError", "check_raw_path", "judge_path", "normalise_path"]
 

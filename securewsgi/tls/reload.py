@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import TLSConfig
-from .errors import ConfigError
-from .tls import ServerTLS, build_server_tls, ca_files, expiry_warning
+from ..config import TLSConfig
+from ..errors import ConfigError
+from .context import ServerTLS, build_server_tls, ca_files, expiry_warning
 from .validity import plural, time_left, when
 
 log = logging.getLogger("securewsgi.tls")

@@ -42,13 +42,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import __version__
-from .client import ClientConfigError, ClientSettings, settings_context
-from .errors import SecureWSGIError
-from .pemkeys import load_private_key
-from .refusals import authority_key_id, short_fingerprint, subject_key_id
-from .tls import CertificateInfo, ca_files, pem_certificates
-from .validity import expires
+from .. import __version__
+from ..errors import SecureWSGIError
+from ..tls.context import CertificateInfo, ca_files, pem_certificates
+from ..tls.pemkeys import load_private_key
+from ..tls.refusals import authority_key_id, short_fingerprint, subject_key_id
+from ..tls.validity import expires
+from .sessions import ClientConfigError, ClientSettings, settings_context
 
 __all__ = ["JSON_KEYS", "CertificateFacts", "Diagnosis", "UsageError", "diagnose",
            "hostname_matches"]

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from .errors import SecureWSGIError
+from ..errors import SecureWSGIError
 from .validity import days_left
 
 # mod_ssl's short names for DN components (SSL_CLIENT_S_DN_<name>); others are omitted

@@ -10,8 +10,8 @@ import datetime
 import functools
 from typing import Any, Optional
 
-from .errors import SecureWSGIError
-from .identity import PeerIdentity
+from ..errors import SecureWSGIError
+from .peer import PeerIdentity
 
 TLS_PEER_KEY = "securewsgi.tls_peer"
 """environ key of the `PeerIdentity` verified by *our* handshake (or None).

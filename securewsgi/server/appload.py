@@ -9,9 +9,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .config import AppConfig
-from .errors import ConfigError
-from .wsgitypes import WSGIApp
+from ..config import AppConfig
+from ..errors import ConfigError
+from ..wsgitypes import WSGIApp
 
 
 def load_app(app: AppConfig, source: Path) -> WSGIApp:

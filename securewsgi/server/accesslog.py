@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .text import printable
+from ..text import printable
 
 log = logging.getLogger("securewsgi.access")
 # Bound at import, before the engine monkey-patches `os`: a log file write is fast and

@@ -33,11 +33,15 @@ from typing import Any, Callable, Optional, Union
 
 import yaml
 
-from . import config as _config
-from . import metrics
+from .. import metrics
+from ..config import AllowEntry, AuthorizationConfig, IdentityConfig, RuleConfig
+from ..config import loader as _config
+from ..errors import ConfigError
+from ..text import printable
+from ..tls.facts import PROXIED_BY_KEY, TLS_PEER_KEY
+from ..tls.peer import PeerIdentity
+from ..wsgitypes import WSGIApp
 from .authz import Decision, Policy, compile_entry, compile_policy
-from .config import AllowEntry, AuthorizationConfig, IdentityConfig, RuleConfig
-from .errors import ConfigError
 from .forwarded import (
     XFCC_HEADER,
     ForwardedCertError,
@@ -46,11 +50,7 @@ from .forwarded import (
     ServerCertReader,
     TrustedProxies,
 )
-from .identity import PeerIdentity
 from .paths import PathError, judge_path
-from .text import printable
-from .tlsfacts import PROXIED_BY_KEY, TLS_PEER_KEY
-from .wsgitypes import WSGIApp
 
 __all__ = ["CLIENT_CERT_SOURCES", "IDENTITY_HEADER_PREFIXES", "PEER_KEY",
            "IdentityMiddleware", "filter_factory"]

@@ -47,11 +47,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
 
-from . import pemkeys
-from .config import INI_SUFFIXES, YAML_SUFFIXES, did_you_mean, expand_env
-from .errors import ConfigError, SecureWSGIError
-from .pemkeys import KeyLoadError, load_private_key
-from .tls import ca_files, pem_certificates
+from ..config.loader import INI_SUFFIXES, YAML_SUFFIXES, did_you_mean, expand_env
+from ..errors import ConfigError, SecureWSGIError
+from ..tls import pemkeys
+from ..tls.context import ca_files, pem_certificates
+from ..tls.pemkeys import KeyLoadError, load_private_key
 
 __all__ = ["CONFIG_KEYS", "ClientConfigError", "ClientSettings", "read_client_config",
            "session", "ssl_context"]

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from .errors import SecureWSGIError
+from ..errors import SecureWSGIError
 
 #: `KeyLoadError.problem` values.
 NO_KEY = "no key"                      # no "-----BEGIN ... PRIVATE KEY-----" block at all

@@ -32,8 +32,8 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Optional, Union
 
-from .errors import SecureWSGIError
-from .identity import CertificateParseError, PeerIdentity
+from ..errors import SecureWSGIError
+from ..tls.peer import CertificateParseError, PeerIdentity
 
 __all__ = [
     "XFCC_HEADER",

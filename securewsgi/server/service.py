@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import __version__, engines, metrics, processes, systemd
+from .. import __version__, engines, metrics, processes
+from ..config import Config, ServerConfig
+from ..errors import ConfigError, StartupError
+from ..identity.forwarded import TrustedProxies
+from ..identity.middleware import IdentityMiddleware
+from ..logs import setup_logging
+from ..tls.context import ServerTLS, build_server_tls
+from ..tls.reload import TLSReloader
+from ..wsgitypes import WSGIApp
+from . import systemd
 from .accesslog import make_writer
 from .appload import load_app
-from .config import Config, ServerConfig
-from .errors import ConfigError, StartupError
-from .forwarded import TrustedProxies
 from .listener import bind_listener
-from .logs import setup_logging
-from .middleware import IdentityMiddleware
-from .reload import TLSReloader
 from .supervisor import Heart, Supervisor
-from .tls import ServerTLS, build_server_tls
-from .wsgitypes import WSGIApp
 
 log = logging.getLogger("securewsgi.server")
 

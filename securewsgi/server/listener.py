@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from .errors import StartupError
+from ..errors import StartupError
 
 
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .config import AllowEntry, Config, RuleConfig
+from .schema import AllowEntry, Config, RuleConfig
 
 MASK = "********"
 # Values that must never reach a terminal or a ticket.

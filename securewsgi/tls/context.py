@@ -20,9 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from ..config import TLSConfig
+from ..errors import ConfigError
 from . import pemkeys
-from .config import TLSConfig
-from .errors import ConfigError
 from .pemkeys import KeyLoadError, load_private_key
 from .refusals import server_facts
 from .validity import days_left, expires, when

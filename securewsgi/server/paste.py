@@ -20,12 +20,13 @@ from typing import Any, Optional
 # Imported here, before the factory patches: like `securewsgi-run`, securewsgi's own
 # modules load before eventlet's monkey patching, and some keep an original function
 # on purpose (accesslog's os.write).
-from . import engines
-from .config import Config, config_from_dict, read_sections
-from .errors import ConfigError, StartupError
-from .logs import setup_logging
-from .server import serve
-from .wsgitypes import WSGIApp
+from .. import engines
+from ..config import Config
+from ..config.loader import config_from_dict, read_sections
+from ..errors import ConfigError, StartupError
+from ..logs import setup_logging
+from ..wsgitypes import WSGIApp
+from .service import serve
 
 log = logging.getLogger("securewsgi.paste")
 

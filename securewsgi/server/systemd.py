@@ -23,7 +23,7 @@ import stat
 import time
 from typing import Optional
 
-from .errors import StartupError
+from ..errors import StartupError
 
 log = logging.getLogger("securewsgi.systemd")
 
