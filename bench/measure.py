@@ -115,11 +115,13 @@ def throughput(env: Env, server: Running, plan: Plan, keepalive: bool,
         return {"error": "latency at a fixed rate needs wrk (bench/wrk_report.lua paces it)"}
     argv = throughput_argv(env, server.port, plan, duration, keepalive, connections)
     environment = wrk.environment(env, rate) if plan.client == "wrk" else None
-    cpu_before, ticks_before = server.process.cpu_seconds(), procs.cpu_ticks()
+    (user_before, system_before), ticks_before = server.process.cpu_split(), procs.cpu_ticks()
     done = procs.run_bounded(procs.pinned(plan.client_cpus, argv), duration + GRACE_SECONDS,
                              env.workdir, f"{server.name}-{tag or 'load'}", cwd=REPO_DIR,
                              env=environment)
-    server_cpu = server.process.cpu_seconds() - cpu_before
+    user_after, system_after = server.process.cpu_split()
+    server_user, server_system = user_after - user_before, system_after - system_before
+    server_cpu = server_user + server_system
     shares = procs.cpu_shares(ticks_before, procs.cpu_ticks())
     parsers = {"wrk": lambda: wrk.parse(done.stdout, done.stderr,
                                         connections or plan.concurrency),
@@ -145,6 +147,8 @@ def throughput(env: Env, server: Running, plan: Plan, keepalive: bool,
     if result.get("complete"):
         # server CPU time (all its processes, from /proc) per request answered
         result["server_cpu_us"] = round(1e6 * server_cpu / result["complete"], 1)
+        result["server_user_us"] = round(1e6 * server_user / result["complete"], 1)
+        result["server_system_us"] = round(1e6 * server_system / result["complete"], 1)
     return result
 
 
@@ -318,6 +322,7 @@ def pyspy_path() -> Optional[str]:
 def pyspy_argv(spy: str, pid: int, plan: Plan, output: Path) -> list[str]:
     return [spy, "record", "--pid", str(pid), "--duration", f"{plan.profile_seconds:g}",
             "--rate", str(PYSPY_RATE), "--format", "raw", "--function", "--nonblocking",
+            "--gil",
             "--output", str(output)]
 
 
@@ -337,7 +342,8 @@ def profile(env: Env, server: Running, plan: Plan, keepalive: bool,
     sampler = procs.Process(procs.pinned(plan.client_cpus, argv), env.workdir,
                             f"{server.name}-{tag}-pyspy")
     try:  # the load run starts at once and outlasts the sampling window
-        throughput(env, server, plan, keepalive, duration=plan.profile_seconds + 1, tag=tag)
+        load = throughput(env, server, plan, keepalive, duration=plan.profile_seconds + 1,
+                          tag=tag)
         deadline = time.monotonic() + GRACE_SECONDS
         while sampler.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -347,6 +353,12 @@ def profile(env: Env, server: Running, plan: Plan, keepalive: bool,
         return {"error": "py-spy wrote no profile: " + sampler.last_error_line()}
     summary = summarize_profile(raw.read_text())
     summary["expected_samples"] = int(plan.profile_seconds * PYSPY_RATE)
+    if load.get("rps"):
+        # Python time per request: GIL-held seconds over the requests of the window
+        summary["python_us"] = round(
+            1e6 * summary["samples"] / PYSPY_RATE / (load["rps"] * plan.profile_seconds), 1)
+        for key in ("rps", "server_cpu_us", "server_user_us", "server_system_us"):
+            summary[key] = load.get(key)
     summary["raw_file"] = str(raw)
     summary["command"] = " ".join(argv)
     return summary
@@ -368,10 +380,38 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
         for frame in set(frames):
             inclusive[frame] += count
 
-    def shares(counter: Counter[str]) -> list[list[Any]]:
-        return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)]
+    def shares(counter: Counter[str], count: int = top) -> list[list[Any]]:
+        return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(count)]
 
-    return {"samples": total, "self": shares(own), "inclusive": shares(inclusive)}
+    layers: Counter[str] = Counter()
+    for frame, count in own.items():
+        layers[layer_of(frame)] += count
+    return {"samples": total, "self": shares(own), "inclusive": shares(inclusive),
+            "layers": shares(layers, len(layers))}
+
+
+# Which part of the server a function belongs to, by its file (first match wins).
+LAYERS = (
+    ("securewsgi/engines/", "engine (event loop, connection bookkeeping)"),
+    ("securewsgi/http11.py", "HTTP/1.1 protocol (parse, environ, response)"),
+    ("accesslog.py", "access log"),
+    ("securewsgi/identity/", "identity and authorization middleware"),
+    ("securewsgi/", "securewsgi, other"),
+    ("stdlib ssl.py", "Python's ssl module (its Python code; OpenSSL itself runs "
+                      "without the GIL)"),
+    ("eventlet/", "eventlet (hub, green sockets)"),
+    ("greenlet", "eventlet (hub, green sockets)"),
+    ("bench/hello.py", "the application (bench/hello.py)"),
+    ("stdlib ", "other standard library (threading, ...)"),
+)
+
+
+def layer_of(frame: str) -> str:
+    """'take_head (securewsgi/http11.py:306)' -> 'HTTP/1.1 protocol (...)'."""
+    for marker, layer in LAYERS:
+        if marker in frame:
+            return layer
+    return "other"
 
 
 def short_frame(frame: str) -> str:

@@ -74,6 +74,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICKS
 
 
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of `pids`, reaped children included, as in
+    `cpu_seconds`: user time is the process's own code (Python, OpenSSL, C parsers),
+    system time the kernel's work for it (TCP, epoll, file writes)."""
+    user = system = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            user += int(fields[11]) + int(fields[13])  # utime cutime
+            system += int(fields[12]) + int(fields[14])  # stime cstime
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
 def rss_kib(pids: list[int]) -> int:
     """Resident memory of `pids` added up (VmRSS, KiB)."""
     total = 0
@@ -237,6 +250,9 @@ class Process:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
 
+    def cpu_split(self) -> tuple[float, float]:
+        return cpu_split(self.pids())
+
     def stderr_text(self) -> str:
         try:
             return _read_tail(self.stderr_path, 20000)
@@ -311,6 +327,9 @@ class Group:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
+
+    def cpu_split(self) -> tuple[float, float]:
+        return cpu_split(self.pids())
 
     def rss_kib(self) -> int:
         return rss_kib(self.pids())

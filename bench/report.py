@@ -230,24 +230,36 @@ def _blocking_goal(name: str, share: float) -> Callable[[dict[str, Any]], Verdic
 
 
 PEERS = "Goals against uWSGI, mod_wsgi and nginx (securewsgi, eventlet engine)"
+PEERS_THREADS = "The same goals for the threads engine (securewsgi-threads)"
 ENGINE = "Goals for the threads engine (securewsgi-threads vs securewsgi)"
 EARLIER = "Earlier goals (securewsgi)"
 
+
+def _peer_goals(group: str, ours: str) -> tuple[Goal, ...]:
+    """The goals against the servers our users move to, for one of our targets."""
+    return (
+        Goal(group, "Keep-alive req/s vs uwsgi-https (uWSGI's HTTPS router)", "≥ 1.2×",
+             _ratio_goal("keepalive.rps", "uwsgi-https", 1.2, ours=ours)),
+        Goal(group, "Keep-alive req/s vs mod_wsgi (mod_wsgi-express)", "≥ 1.2×",
+             _ratio_goal("keepalive.rps", "mod_wsgi", 1.2, ours=ours)),
+        Goal(group, "New mTLS connections/s vs nginx", "≥ 1.0×",
+             _ratio_goal("newconn.rps", "nginx", 1.0, ours=ours)),
+        Goal(group, "New mTLS connections/s vs uwsgi-https", "≥ 1.2×",
+             _ratio_goal("newconn.rps", "uwsgi-https", 1.2, ours=ours)),
+        Goal(group, "New mTLS connections/s vs uwsgi-nginx", "≥ 1.2×",
+             _ratio_goal("newconn.rps", "uwsgi-nginx", 1.2, ours=ours)),
+        Goal(group, "p99 latency at the fixed rate vs uwsgi-https", "≤ 1.0×",
+             _ratio_goal("rate.p99_ms", "uwsgi-https", 1.0, higher_is_better=False,
+                         ours=ours)),
+        Goal(group, "p99 latency at the fixed rate vs uwsgi-nginx", "≤ 1.0×",
+             _ratio_goal("rate.p99_ms", "uwsgi-nginx", 1.0, higher_is_better=False,
+                         ours=ours)),
+    )
+
+
 GOALS = (
-    Goal(PEERS, "Keep-alive req/s vs uwsgi-https (uWSGI's HTTPS router)", "≥ 1.2×",
-         _ratio_goal("keepalive.rps", "uwsgi-https", 1.2)),
-    Goal(PEERS, "Keep-alive req/s vs mod_wsgi (mod_wsgi-express)", "≥ 1.2×",
-         _ratio_goal("keepalive.rps", "mod_wsgi", 1.2)),
-    Goal(PEERS, "New mTLS connections/s vs nginx", "≥ 1.0×",
-         _ratio_goal("newconn.rps", "nginx", 1.0)),
-    Goal(PEERS, "New mTLS connections/s vs uwsgi-https", "≥ 1.2×",
-         _ratio_goal("newconn.rps", "uwsgi-https", 1.2)),
-    Goal(PEERS, "New mTLS connections/s vs uwsgi-nginx", "≥ 1.2×",
-         _ratio_goal("newconn.rps", "uwsgi-nginx", 1.2)),
-    Goal(PEERS, "p99 latency at the fixed rate vs uwsgi-https", "≤ 1.0×",
-         _ratio_goal("rate.p99_ms", "uwsgi-https", 1.0, higher_is_better=False)),
-    Goal(PEERS, "p99 latency at the fixed rate vs uwsgi-nginx", "≤ 1.0×",
-         _ratio_goal("rate.p99_ms", "uwsgi-nginx", 1.0, higher_is_better=False)),
+    *_peer_goals(PEERS, OURS),
+    *_peer_goals(PEERS_THREADS, THREADS),
     Goal(ENGINE, "Keep-alive req/s, threads vs eventlet engine", "≥ 0.9×",
          _ratio_goal("keepalive.rps", OURS, 0.9, ours=THREADS)),
     Goal(ENGINE, "New mTLS connections/s, threads vs eventlet engine", "≥ 0.9×",
@@ -794,27 +806,74 @@ def marginal_rss(results: dict[str, Any], name: str, low: int, high: int) -> Opt
 
 
 def _profile_section(results: dict[str, Any]) -> list[str]:
-    profiles = (results["targets"].get(OURS) or {}).get("profile")
-    if not profiles:
+    profiled = [(name, entry["profile"]) for name, entry in results["targets"].items()
+                if entry.get("profile")]
+    if not profiled:
         return []
     lines = heading("Where securewsgi spends its CPU", "-")
     client = results.get("plan", {}).get("client") or "the load generator"
-    lines += [f"py-spy samples of the server process while {client} drives it (grouped by "
-              "function; idle samples dropped, so shares are of busy time). *Self* is time "
-              "in the function itself, C calls it makes included; *total* includes "
-              "everything it calls.", ""]
-    for kind, label in (("keepalive", "Keep-alive requests"), ("newconn", "New connections")):
-        data = profiles.get(kind) or {}
-        lines += heading(label, "~")
-        if data.get("error"):
-            lines += [f"Not profiled: {data['error']}", ""]
-            continue
-        busy = 100 * data["samples"] / data["expected_samples"] if data.get(
-            "expected_samples") else 0
-        lines += [f"{data['samples']:,} busy samples ({busy:.0f}% of wall time).", ""]
-        rows = [[f"``{s[0]}``", f"{s[1]}", f"``{t[0]}``", f"{t[1]}"]
-                for s, t in zip(data["self"][:12], data["inclusive"][:12])]
-        lines += table(["self", "%", "total", "%"], rows)
+    lines += [
+        f"Server CPU per request, split into *user* time (the process's own code: Python, "
+        f"OpenSSL, C libraries) and *system* time (the kernel: TCP, epoll, the log file), "
+        f"from ``/proc``; then py-spy samples of the threads holding the GIL while "
+        f"{client} drives the server, which is the time spent running Python. OpenSSL's "
+        f"work and system calls run with the GIL released, so they are in the user or "
+        f"system time but not in the samples. *Layer* groups the samples by the file "
+        f"of the function that was running (C functions it called count for it, a "
+        f"regular expression for the parser); the µs column is the layer's share of "
+        f"the Python time per request.", ""]
+    lines += _cpu_split_table(results)
+    for name, profiles in profiled:
+        for kind, label in (("keepalive", "keep-alive requests"),
+                            ("newconn", "new connections")):
+            data = profiles.get(kind) or {}
+            lines += heading(f"{name}, {label}", "~")
+            if data.get("error"):
+                lines += [f"Not profiled: {data['error']}", ""]
+                continue
+            lines += _profile_summary(data)
+    return lines
+
+
+def _cpu_split_table(results: dict[str, Any]) -> list[str]:
+    """Median user and system µs per keep-alive request and per new connection for
+    every target (the runs of the throughput table)."""
+    rows = []
+    for name, entry in results["targets"].items():
+        cells = [name]
+        for kind in ("keepalive", "newconn"):
+            runs = entry.get("runs", {}).get(kind) or []
+            user = stat([r.get("server_user_us") for r in runs])
+            system = stat([r.get("server_system_us") for r in runs])
+            cells += [f"{user.median:,.1f}" if user else "–",
+                      f"{system.median:,.1f}" if system else "–"]
+        if any(c != "–" for c in cells[1:]):
+            rows.append(cells)
+    if not rows:
+        return []
+    return table(["target", "keep-alive: user µs", "system µs", "new connection: user µs",
+                  "system µs"], rows)
+
+
+def _profile_summary(data: dict[str, Any]) -> list[str]:
+    busy = 100 * data["samples"] / data["expected_samples"] if data.get(
+        "expected_samples") else 0
+    python_us = data.get("python_us")
+    lines = [f"{data['samples']:,} samples with the GIL held ({busy:.0f}% of wall time)"
+             + (f"; {data['rps']:,.0f} req/s during the sampling, so about "
+                f"{python_us:,.1f} µs of Python per request (server CPU "
+                f"{data.get('server_cpu_us') or 0:,.1f} µs: user "
+                f"{data.get('server_user_us') or 0:,.1f}, system "
+                f"{data.get('server_system_us') or 0:,.1f})" if python_us else "") + ".",
+             ""]
+    if data.get("layers"):
+        rows = [[layer, f"{share}",
+                 f"{share * python_us / 100:,.1f}" if python_us else "–"]
+                for layer, share in data["layers"]]
+        lines += table(["layer", "% of Python time", "µs per request"], rows)
+    rows = [[f"``{s[0]}``", f"{s[1]}", f"``{t[0]}``", f"{t[1]}"]
+            for s, t in zip(data["self"][:12], data["inclusive"][:12])]
+    lines += table(["self", "%", "total", "%"], rows)
     return lines
 
 

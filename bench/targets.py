@@ -525,7 +525,7 @@ TARGETS: tuple[Target, ...] = (
     Target("securewsgi-threads", "securewsgi, threads engine, 1 worker (full product)",
            "as securewsgi, plus server.engine: threads (its default pool of 64 threads, no "
            "monkey-patching)",
-           _securewsgi("threads"), _securewsgi_missing, _securewsgi_version),
+           _securewsgi("threads"), _securewsgi_missing, _securewsgi_version, profile=True),
     Target("uwsgi-https", "uWSGI --https router + 1 worker",
            "--https addr,cert,key,HIGH,!ca (client certificate required), --master "
            "--workers 1 --http-keepalive --http-timeout 120, request log to a file; the "

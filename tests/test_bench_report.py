@@ -85,3 +85,34 @@ def test_wrk_parse() -> None:
     churned = wrk.parse(stdout, "wrkcert: connects=2051 handshakes=2050 resumed=0\n", 50)
     assert churned["reconnects"] == 2000 and churned["keepalive_share"] == 0.9
     assert result["failed"] == 2 and "offered_rps" not in result
+
+
+def test_profile_layers_group_python_time_by_file() -> None:
+    """py-spy's collapsed stacks become shares per layer of the server, counted by the
+    innermost frame (where the GIL holder was), and the page shows them in µs."""
+    from bench import measure
+
+    raw = "\n".join([
+        "_work (securewsgi/engines/threads.py:154);handle (securewsgi/http11.py:225);"
+        "_parse_head (securewsgi/http11.py:462) 6",
+        "_work (securewsgi/engines/threads.py:154);_release (securewsgi/engines/"
+        "threads.py:222) 2",
+        "_work (securewsgi/engines/threads.py:154);handle (securewsgi/http11.py:225);"
+        "send (stdlib ssl.py:1236) 1",
+        "_work (securewsgi/engines/threads.py:154);app (bench/hello.py:14) 1",
+    ])
+    summary = measure.summarize_profile(raw)
+    layers = dict(summary["layers"])
+    assert summary["samples"] == 10
+    assert layers[measure.layer_of("x (securewsgi/http11.py:1)")] == 60.0
+    assert layers[measure.layer_of("x (securewsgi/engines/threads.py:1)")] == 20.0
+    assert layers[measure.layer_of("x (stdlib ssl.py:1)")] == 10.0
+    assert layers[measure.layer_of("x (bench/hello.py:1)")] == 10.0
+    assert len({measure.layer_of(f"x ({where})") for where in (
+        "securewsgi/http11.py:1", "securewsgi/engines/threads.py:1", "stdlib ssl.py:1",
+        "bench/hello.py:1")}) == 4
+    summary.update(expected_samples=20, python_us=30.0, rps=1000.0, server_cpu_us=50.0,
+                   server_user_us=40.0, server_system_us=10.0)
+    text = "\n".join(report._profile_summary(summary))
+    assert "about 30.0 µs of Python per request" in text
+    assert "18.0" in text  # the protocol's 60% of 30 µs
