@@ -23,7 +23,6 @@ is shared with the eventlet engine (`admission.py`).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -58,7 +57,6 @@ _ACCEPT_BATCH = 64  # connections accepted per wake-up before others get a turn
 _POLL_SECONDS = 0.5  # how often an idle pool thread looks at the stop flag
 _HANDOFF_SECONDS = 0.01  # a leader busy this long gets a spare polling in its place
 _WATCH_SECONDS = 0.005
-_EVENT_BATCH = 64  # events taken per epoll_wait (the rest wait in `_Server.ready`)
 _M_ARENA_MAX = -8  # glibc malloc.h
 _IN = select.EPOLLIN | select.EPOLLONESHOT | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT | select.EPOLLONESHOT
@@ -129,15 +127,13 @@ class _Server:
         self.epoll.register(self.listener_fd, select.EPOLLIN | select.EPOLLONESHOT)
         self._warned_accept = False
         self._warned_full = False
-        # One thread at a time is the leader: it polls, takes a batch of ready
-        # connections and serves them one after the other; the others wait as
-        # spares. Handing events to several threads would make them take turns at
-        # the GIL for each request, which costs more than the request. When the
-        # leader is held up (a slow app, a blocking call) for HANDOFF_SECONDS, the
-        # watcher makes a spare the leader: it serves the rest of the batch and polls.
+        # One thread polls at a time (the leader) and serves what it gets itself; the
+        # others wait as spares. Handing every event to another thread would make the
+        # threads take turns at the GIL for each request, which costs more than the
+        # request. When the leader is held up (a slow app, a blocking call) for
+        # HANDOFF_SECONDS, the watcher wakes a spare to poll in its place.
         self.turn = threading.Condition(threading.Lock())
-        self.leader: Optional[int] = None  # thread id
-        self.ready: collections.deque[int] = collections.deque()  # polled, not yet served
+        self.pollers = 0
         self.busy_since: dict[int, float] = {}  # thread id -> when its current work began
         self.threads = [threading.Thread(target=self._work, name=f"securewsgi-{n}",
                                          daemon=True) for n in range(config.threads)]
@@ -152,62 +148,51 @@ class _Server:
     # ------------------------------------------------------------ the pool's loop
 
     def _work(self) -> None:
-        """A pool thread: wait to be the leader, then serve the ready connections,
-        polling for a batch of them whenever none is left."""
-        ready = self.ready
+        poll = self.epoll.poll
+        turn = self.turn
         me = threading.get_ident()
         busy = self.busy_since
         while not self.stopped:
-            if self.leader != me and not self._lead(me):
-                continue
+            with turn:
+                while self.pollers and not self.stopped:
+                    turn.wait(_POLL_SECONDS)  # a spare: someone else polls
+                self.pollers += 1
             try:
-                fd = ready.popleft()
-            except IndexError:
-                try:
-                    events = self.epoll.poll(_POLL_SECONDS, _EVENT_BATCH)
-                except OSError:  # the epoll set was closed at the very end
-                    return
-                if not events:
-                    continue
-                ready.extend(fd for fd, _mask in events[1:])
-                fd = events[0][0]
-            busy[me] = time.monotonic()
-            try:
-                if fd == self.listener_fd:
-                    self._accept_some()
-                else:
-                    self._on_event(fd)
-            except Exception:  # never lose a pool thread
-                log.exception("unexpected error in the threads engine")
+                events = poll(_POLL_SECONDS, 1)
+            except OSError:  # the epoll set was closed at the very end
+                return
             finally:
-                del busy[me]
-
-    def _lead(self, me: int) -> bool:
-        """Wait as a spare until there is no leader, then become it (False: the wait
-        timed out or the server stops; look at the stop flag and wait again)."""
-        with self.turn:
-            if self.leader is not None and not self.stopped:
-                self.turn.wait(_POLL_SECONDS)
-            if self.leader is None and not self.stopped:
-                self.leader = me
-                return True
-            return False
+                with turn:
+                    self.pollers -= 1
+            for fd, _mask in events:
+                busy[me] = time.monotonic()
+                try:
+                    if fd == self.listener_fd:
+                        self._accept_some()
+                    else:
+                        self._on_event(fd)
+                except Exception:  # never lose a pool thread
+                    log.exception("unexpected error in the threads engine")
+                finally:
+                    del busy[me]
 
     def _watch(self) -> None:
-        """Make a spare the leader when the leader has been at one piece of work
-        (a blocking app, a slow client) for HANDOFF_SECONDS."""
+        """Wake a spare to poll when nobody polls because every working thread has
+        been at its work for HANDOFF_SECONDS (a blocking app, a slow client)."""
         busy = self.busy_since
         while not self.stopped:
             time.sleep(_WATCH_SECONDS)
-            leader = self.leader
-            since = busy.get(leader) if leader is not None else None
-            if since is None or time.monotonic() - since < _HANDOFF_SECONDS or \
-                    len(busy) >= len(self.threads):
+            if self.pollers or not busy:
                 continue
-            with self.turn:
-                if self.leader == leader and leader in busy:
-                    self.leader = None
-                    self.turn.notify()
+            try:
+                newest = max(busy.values())
+            except ValueError:  # emptied meanwhile
+                continue
+            if time.monotonic() - newest >= _HANDOFF_SECONDS and \
+                    len(busy) < len(self.threads):
+                with self.turn:
+                    if not self.pollers:
+                        self.turn.notify()
 
     def _on_event(self, fd: int) -> None:
         conn = self.conns.get(fd)
