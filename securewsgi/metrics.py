@@ -313,7 +313,25 @@ class _Collector:
 
     def collect(self) -> Any:
         forget_dead_processes(self.directory)
-        return self.merged.collect()
+        # A worker creates its file empty and then sizes it: a scrape in between
+        # would fail on the empty file (mmap refuses it). Such a file holds no
+        # values yet, so it is left out of this scrape.
+        for attempt in range(3):
+            files = [path for path in glob.glob(os.path.join(self.directory, "*.db"))
+                     if _has_header(path)]
+            try:
+                return self.merged.merge(files, accumulate=True)
+            except FileNotFoundError:  # a dead worker's gauges removed meanwhile
+                if attempt == 2:
+                    raise
+        return []
+
+
+def _has_header(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= 8  # prometheus_client's used-bytes header
+    except OSError:  # removed meanwhile (a dead process's gauges)
+        return False
 
 
 class Exporter:

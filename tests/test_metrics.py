@@ -410,3 +410,31 @@ def test_a_metrics_port_in_use_refuses_the_start(write) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"securewsgi-run: metrics.port: 127.0.0.1:{busy} is already in use by another "
         "process")
+
+
+def test_a_scrape_skips_a_worker_file_not_yet_sized(tmp_path: Path) -> None:
+    """A worker creates its metrics file empty and sizes it a moment later; a scrape
+    in between used to fail (mmap refuses an empty file) and answered 500."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+    from prometheus_client.values import MultiProcessValue
+
+    from securewsgi import metrics
+
+    directory = str(tmp_path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        import prometheus_client.values as values
+        saved = values.ValueClass
+        values.ValueClass = MultiProcessValue(lambda: 4242)
+        try:
+            counter = Counter("securewsgi_demo_total", "a counter", registry=None)
+            counter.inc(3)
+        finally:
+            values.ValueClass = saved
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    (tmp_path / "counter_4343.db").write_bytes(b"")  # created, not yet sized
+    registry = CollectorRegistry()
+    registry.register(metrics._Collector(directory))
+    scrape = generate_latest(registry).decode()
+    assert "securewsgi_demo_total 3.0" in scrape
