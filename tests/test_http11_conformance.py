@@ -153,6 +153,22 @@ def test_file_wrapper_sends_the_file_and_closes_it(server, test_pki) -> None:
     assert closed
 
 
+def test_a_body_larger_than_the_socket_buffers_arrives_whole(server, test_pki) -> None:
+    """One 16 MiB body item is one write that cannot fit the socket buffers: the
+    engine's socket is non-blocking between requests, so that write first finds the
+    buffer full and must then wait for the client (socket_timeout), retrying the same
+    TLS write. The whole body arrives and the connection serves the next request."""
+    size = 16 * 1024 * 1024 + 3
+    expected = (hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1))[:size]
+    with session(test_pki.ca_pem, test_pki.clients["alice"]) as s:
+        response = s.get(server.url(f"/big?size={size}"), timeout=60)
+        assert response.status_code == 200
+        assert len(response.content) == size
+        assert response.content == expected
+        again = s.get(server.url("/big?size=5"), timeout=10)
+        assert again.content == hashlib.sha256(b"5").digest()[:5]
+
+
 # ------------------------------------------------------------------------------ HEAD
 
 

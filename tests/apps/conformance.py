@@ -6,6 +6,7 @@
 /webob, /werkzeug     the request body as each framework reads it: "<length> <sha256>"
 /file?size=N          N bytes of a file through wsgi.file_wrapper
 /file-closed          whether the last /file's file object was closed afterwards
+/big?size=N           N bytes as ONE body item (larger than any socket buffer)
 /empty                an empty body and no Content-Length
 /connection?value=V   answers with "Connection: V"
 anything else         the request's environ (string values) as JSON
@@ -72,6 +73,12 @@ def app(environ, start_response):
     if path == "/file-closed":
         body = json.dumps([handle.closed for handle in _FILES]).encode()
         start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+    if path == "/big":
+        size = int(_query(environ, "size", "0"))
+        body = (hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1))[:size]
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
         return [body]
     if path == "/empty":
         start_response("200 OK", [("Content-Type", "text/plain")])
