@@ -4,8 +4,9 @@ A benchmark run never installs anything; it names the command instead. This is t
 command. Each step prints what it runs:
 
 1. Debian packages nginx, wrk, apache2-utils (ab), apache2 + apache2-dev (mod_wsgi
-   builds against them), gcc + libssl-dev (uwsgi's --https, bench/wrkcert.c), when one
-   is missing and we are root (otherwise the apt-get line is printed to run);
+   builds against them), gcc + libssl-dev (uwsgi's --https, bench/wrkcert.c), linux-perf
+   (CPU by component), when one is missing and we are root (otherwise the apt-get
+   line is printed to run);
 2. bench/requirements.txt into this interpreter's environment (cheroot, uwsgi,
    mod_wsgi, matplotlib, py-spy);
 3. one venv per gunicorn version under bench/.venvs/ (they cannot share one);
@@ -23,7 +24,7 @@ from . import wrk
 from .targets import BENCH_DIR, VENVS_DIR
 
 APT_PACKAGES = {"nginx": "nginx", "ab": "apache2-utils", "wrk": "wrk", "apache2": "apache2",
-                "apxs": "apache2-dev", "gcc": "gcc"}
+                "apxs": "apache2-dev", "gcc": "gcc", "perf": "linux-perf"}
 OPENSSL_HEADER = Path("/usr/include/openssl/ssl.h")
 VENVS = {
     "gunicorn-eventlet": BENCH_DIR / "requirements-gunicorn-eventlet.txt",

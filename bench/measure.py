@@ -390,6 +390,96 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
             "layers": shares(layers, len(layers))}
 
 
+# -- CPU by component (perf), every target ------------------------------------------
+
+PERF_FREQUENCY = 999  # samples per second per running thread (cpu-clock: works in VMs)
+# Which component a sample's shared object belongs to (first match wins); anything
+# else is the server's own code (nginx, uwsgi, apache2 and its modules).
+COMPONENTS = (
+    (re.compile(r"^libcrypto|^libssl"), "OpenSSL"),
+    (re.compile(r"^libpython|^python3|\.cpython-|^mod_wsgi"), "Python"),
+    (re.compile(r"^\[kernel"), "kernel"),
+    (re.compile(r"^libc\.so|^libm\.so|^ld-linux|^libpthread|^\[vdso\]"), "C library"),
+)
+OWN_CODE = "server's own code"
+COMPONENT_ORDER = ("OpenSSL", "C library", "Python", OWN_CODE, "kernel")
+
+
+def perf_path() -> Optional[str]:
+    return shutil.which("perf")
+
+
+def component_of(dso: str) -> str:
+    """'libcrypto.so.3' -> 'OpenSSL'; 'nginx' -> the server's own code."""
+    for pattern, component in COMPONENTS:
+        if pattern.search(dso):
+            return component
+    return OWN_CODE
+
+
+def perf_argv(perf: str, pids: list[int], seconds: float, output: Path) -> list[str]:
+    return [perf, "record", "-e", "cpu-clock", "-F", str(PERF_FREQUENCY), "-q",
+            "-p", ",".join(str(pid) for pid in pids), "-o", str(output),
+            "--", "sleep", f"{seconds:g}"]
+
+
+def components(env: Env, server: Running, plan: Plan, keepalive: bool,
+               out_dir: Path, tag: str) -> dict[str, Any]:
+    """Where the server's CPU goes, by shared object, while wrk drives it.
+
+    perf samples every thread of every process of the target (whatever its process
+    model), on CPU only, so the same measurement fits nginx, uWSGI, Apache and
+    Python servers alike: OpenSSL's handshakes and record encryption, the C
+    library, the Python interpreter, the server's own code and the kernel. It
+    runs on the client CPU; the load run outlasts the sampling window.
+    """
+    perf = perf_path()
+    if perf is None:
+        return {"error": "perf not installed: apt-get install -y linux-perf"}
+    seconds = plan.profile_seconds
+    data = out_dir / f"{tag}.perf"
+    argv = perf_argv(perf, server.process.pids(), seconds, data)
+    sampler = procs.Process(procs.pinned(plan.client_cpus, argv), env.workdir,
+                            f"{server.name}-{tag}-perf")
+    try:
+        load = throughput(env, server, plan, keepalive, duration=seconds + 1, tag=tag)
+        deadline = time.monotonic() + GRACE_SECONDS
+        while sampler.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        sampler.stop(grace=5)
+    if not data.exists():
+        return {"error": "perf wrote no samples: " + sampler.last_error_line()}
+    report = procs.run_bounded([perf, "report", "-i", str(data), "--stdio", "--sort", "dso",
+                                "-F", "sample,dso"], GRACE_SECONDS, env.workdir,
+                               f"{server.name}-{tag}-perf-report")
+    data.unlink(missing_ok=True)  # tens of MB; the summary is what the page needs
+    counts = summarize_perf(report.stdout)
+    if not counts or not load.get("rps"):
+        return {"error": "no perf samples or no requests: "
+                         + (report.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    requests = load["rps"] * seconds
+    total = sum(counts.values())
+    return {
+        "samples": total, "rps": load["rps"], "server_cpu_us": load.get("server_cpu_us"),
+        "us": {name: round(1e6 * n / PERF_FREQUENCY / requests, 1)
+               for name, n in counts.items()},
+        "share": {name: round(100 * n / total, 1) for name, n in counts.items()},
+        "command": " ".join(argv),
+    }
+
+
+def summarize_perf(text: str) -> dict[str, int]:
+    """Samples per component from `perf report --sort dso -F sample,dso` lines."""
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        fields = line.split(None, 1)
+        if len(fields) != 2 or line.startswith("#") or not fields[0].isdigit():
+            continue
+        counts[component_of(fields[1].strip())] += int(fields[0])
+    return dict(counts)
+
+
 # Which part of the server a function belongs to, by its file (first match wins).
 LAYERS = (
     ("securewsgi/engines/", "engine (event loop, connection bookkeeping)"),

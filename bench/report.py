@@ -517,6 +517,13 @@ TOOLS = """\
      - The same for every target, whatever its process model (uWSGI's router and
        worker, nginx and uWSGI, Apache's processes and mod_wsgi's daemon are all
        counted).
+   * - server CPU by component
+     - ``perf record -e cpu-clock`` on every thread of every process of the target,
+       during a separate keep-alive and a new-connection run (not the runs of the
+       throughput table), grouped by shared object
+     - Says where each target's CPU goes (OpenSSL, C library, Python, its own code,
+       kernel) the same way for every target, which a Python profiler cannot do for
+       nginx or for OpenSSL's time.
 """
 
 METHOD = """\
@@ -808,26 +815,32 @@ def marginal_rss(results: dict[str, Any], name: str, low: int, high: int) -> Opt
 def _profile_section(results: dict[str, Any]) -> list[str]:
     profiled = [(name, entry["profile"]) for name, entry in results["targets"].items()
                 if entry.get("profile")]
-    if not profiled:
+    if not profiled and not any(e.get("components") for e in results["targets"].values()):
         return []
-    lines = heading("Where securewsgi spends its CPU", "-")
+    lines = heading("Where the CPU goes", "-")
     client = results.get("plan", {}).get("client") or "the load generator"
     lines += [
-        f"Server CPU per request, split into *user* time (the process's own code: Python, "
-        f"OpenSSL, C libraries) and *system* time (the kernel: TCP, epoll, the log file), "
-        f"from ``/proc``; then py-spy samples of the threads holding the GIL while "
-        f"{client} drives the server, which is the time spent running Python. OpenSSL's "
-        f"work and system calls run with the GIL released, so they are in the user or "
-        f"system time but not in the samples. *Layer* groups the samples by the file "
-        f"of the function that was running (C functions it called count for it, a "
-        f"regular expression for the parser); the µs column is the layer's share of "
-        f"the Python time per request.", ""]
+        "Server CPU per request, split into *user* time (the process's own code: Python, "
+        "OpenSSL, C libraries) and *system* time (the kernel: TCP, epoll, the log file), "
+        "from ``/proc`` (the runs of the throughput table, medians).", ""]
     lines += _cpu_split_table(results)
+    lines += _components_section(results)
+    if not profiled:
+        return lines
+    lines += heading("securewsgi's Python time, by layer", "~")
+    lines += [
+        f"py-spy samples of the threads holding the GIL while {client} drives the "
+        f"server, which is the time spent running Python. OpenSSL's work and system "
+        f"calls run with the GIL released, so they are in the user or system time but "
+        f"not in the samples. *Layer* groups the samples by the file of the function "
+        f"that was running (C functions it called count for it, a regular expression "
+        f"for the parser); the µs column is the layer's share of the Python time per "
+        f"request.", ""]
     for name, profiles in profiled:
         for kind, label in (("keepalive", "keep-alive requests"),
                             ("newconn", "new connections")):
             data = profiles.get(kind) or {}
-            lines += heading(f"{name}, {label}", "~")
+            lines += [f"**{name}, {label}**", ""]
             if data.get("error"):
                 lines += [f"Not profiled: {data['error']}", ""]
                 continue
@@ -853,6 +866,67 @@ def _cpu_split_table(results: dict[str, Any]) -> list[str]:
         return []
     return table(["target", "keep-alive: user µs", "system µs", "new connection: user µs",
                   "system µs"], rows)
+
+
+COMPONENT_ORDER = ("OpenSSL", "C library", "Python", "server's own code", "kernel")
+COMPONENT_KINDS = (("newconn", "per new mutual-TLS connection"),
+                   ("keepalive", "per keep-alive request"))
+
+
+def _components_section(results: dict[str, Any]) -> list[str]:
+    """Every target's CPU by component (perf), one table per load."""
+    measured = {name: entry["components"] for name, entry in results["targets"].items()
+                if entry.get("components")}
+    if not measured:
+        return []
+    lines = heading("CPU by component, every target", "~")
+    lines += [
+        "perf samples (``cpu-clock``, 999 per second) of every thread of every process "
+        "of the target while wrk drives it, grouped by the shared object that was "
+        "running: *OpenSSL* (libcrypto, libssl), the *C library* (libc: malloc, memcpy, "
+        "locks; much of it called by OpenSSL), *Python* (the interpreter and its "
+        "extension modules, mod_wsgi), the *server's own code* (nginx, uwsgi, apache2), "
+        "and the *kernel* (TCP, epoll, scheduling). µs per request or connection, from "
+        "the samples over the requests answered while sampling; *total (/proc)* is the "
+        "same run's CPU from ``/proc``, for comparison.", ""]
+    for kind, label in COMPONENT_KINDS:
+        rows = []
+        for name, data in measured.items():
+            one = data.get(kind) or {}
+            if one.get("error"):
+                rows.append([name, *["–"] * len(COMPONENT_ORDER), "–",
+                             f"not measured: {one['error']}"])
+                continue
+            us = one.get("us") or {}
+            cells = [f"{us.get(c, 0):,.1f}" for c in COMPONENT_ORDER]
+            total = sum(us.values())
+            proc = one.get("server_cpu_us")
+            rows.append([name, *cells, f"{total:,.1f}", f"{proc:,.1f}" if proc else "–"])
+        lines += [f"**{label[0].upper()}{label[1:]}** (µs)", ""]
+        lines += table(["target", *COMPONENT_ORDER, "total (perf)", "total (/proc)"], rows)
+    lines += _handshake_floor(measured)
+    return lines
+
+
+def _handshake_floor(measured: dict[str, Any]) -> list[str]:
+    """The sentence the new-connection goal against nginx needs: what OpenSSL alone
+    costs securewsgi per connection, next to nginx's whole connection."""
+    nginx = (measured.get("nginx") or {}).get("newconn") or {}
+    if not nginx.get("us"):
+        return []
+    nginx_total = sum(nginx["us"].values())
+    lines = []
+    for name in ("securewsgi", "securewsgi-threads"):
+        ours = (measured.get(name) or {}).get("newconn") or {}
+        if not ours.get("us"):
+            continue
+        crypto = ours["us"].get("OpenSSL", 0) + ours["us"].get("C library", 0)
+        rest = sum(ours["us"].values()) - crypto
+        lines.append(
+            f"* {name}: OpenSSL and the C library {crypto:,.0f} µs per new connection "
+            f"({100 * crypto / nginx_total:.0f}% of nginx's whole connection, "
+            f"{nginx_total:,.0f} µs); Python and the kernel {rest:,.0f} µs on top.")
+    return (["Against nginx's handshake rate:", "", *lines, ""]) if lines else []
 
 
 def _profile_summary(data: dict[str, Any]) -> list[str]:

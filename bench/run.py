@@ -13,7 +13,9 @@ repetitions back to back once put a passing load spike on a single target):
    (medians of step 2); for each repetition, each target, on a fresh server: latency
    and server CPU per request at that rate;
 4. the blocking-app test (securewsgi's engines, an app sleeping 0.2 s per request);
-5. CPU profiles of securewsgi under keep-alive and new-connection load (py-spy);
+5. CPU profiles of securewsgi under keep-alive and new-connection load (py-spy),
+   and every target's CPU by component (OpenSSL, C library, Python, its own code,
+   kernel) under the same loads (perf);
 6. idle capacity: for each N, each repetition, each target, on a fresh server;
 7. results file and page.
 
@@ -260,6 +262,8 @@ class Bench:
         if self.plan.profile_seconds > 0:
             for target in (t for t in compared if t.profile):
                 self._with_server(target, "profile", self._profile_block)
+            for target in compared:
+                self._with_server(target, "cpu", self._components_block)
         for count in self.plan.idle_counts:
             for rep in range(self.plan.repeat):
                 for target in compared:
@@ -357,8 +361,11 @@ class Bench:
         if plan.profile_seconds > 0:
             loaded["profile (during a keep-alive and a new-connection run)"] = \
                 measure.pyspy_argv("py-spy", 0, plan, Path("PROFILE.txt"))
+            loaded["CPU by component (during a keep-alive and a new-connection run)"] = \
+                measure.perf_argv("perf", [0], plan.profile_seconds, Path("CPU.perf"))
         placeholders = {"127.0.0.1:0/": "127.0.0.1:PORT/", "--port 0": "--port PORT",
-                        "--connections 0": "--connections N", "--pid 0": "--pid PID"}
+                        "--connections 0": "--connections N", "--pid 0": "--pid PID",
+                        "-p 0": "-p PIDS"}
         shown = {}
         for label, argv in loaded.items():
             split = next((i for i, word in enumerate(argv) if "=" not in word), 0)
@@ -410,6 +417,19 @@ class Bench:
                                   self.profile_dir, f"{run.name}-{kind}")
             for kind in ("keepalive", "newconn")
         }
+
+    def _components_block(self, run: measure.Running) -> None:
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        measure.throughput(self.env, run, self.plan, True, max(self.plan.warmup, 1), "warmup")
+        entry = self._entry_for(run)
+        entry["components"] = {
+            kind: measure.components(self.env, run, self.plan, kind == "keepalive",
+                                     self.profile_dir, f"{run.name}-{kind}")
+            for kind in ("keepalive", "newconn")
+        }
+        for kind, data in entry["components"].items():
+            print(f"bench:   {kind}: " + (data.get("error") or ", ".join(
+                f"{name} {us} us" for name, us in data["us"].items())), flush=True)
 
     def _idle_block(self, run: measure.Running, count: int) -> None:
         result = measure.idle(self.env, run, self.plan, count, f"idle{count}")

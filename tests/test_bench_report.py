@@ -116,3 +116,43 @@ def test_profile_layers_group_python_time_by_file() -> None:
     text = "\n".join(report._profile_summary(summary))
     assert "about 30.0 µs of Python per request" in text
     assert "18.0" in text  # the protocol's 60% of 30 µs
+
+
+def test_perf_components_group_samples_by_shared_object() -> None:
+    """perf's per-DSO sample counts become OpenSSL / C library / Python / own code /
+    kernel, and the page turns them into µs per connection for every target."""
+    from bench import measure
+
+    perf_report = "\n".join([
+        "# Samples: 3K of event 'cpu-clock'",
+        "#",
+        "          1200  libcrypto.so.3",
+        "           100  libssl.so.3",
+        "           300  libc.so.6",
+        "           400  libpython3.11.so.1.0",
+        "            50  _ssl.cpython-311-x86_64-linux-gnu.so",
+        "           150  [kernel.kallsyms]",
+        "            25  nginx",
+        "",
+    ])
+    counts = measure.summarize_perf(perf_report)
+    assert counts == {"OpenSSL": 1300, "C library": 300, "Python": 450, "kernel": 150,
+                      measure.OWN_CODE: 25}
+    assert measure.component_of("mod_wsgi-py311.cpython-311-x86_64-linux-gnu.so") == "Python"
+    assert measure.component_of("uwsgi") == measure.OWN_CODE
+
+    def entry(us: dict[str, float]) -> dict[str, Any]:
+        return {"components": {"newconn": {"us": us, "server_cpu_us": sum(us.values())},
+                               "keepalive": {"error": "perf not installed"}},
+                **_target([])}
+
+    results = _results(securewsgi=entry({"OpenSSL": 1300.0, "C library": 300.0,
+                                         "Python": 300.0, "kernel": 120.0}),
+                       nginx=entry({"OpenSSL": 1200.0, "C library": 280.0, "kernel": 70.0,
+                                    measure.OWN_CODE: 50.0}))
+    text = "\n".join(report._components_section(results))
+    assert "not measured: perf not installed" in text
+    assert "1,300.0" in text and "2,020.0" in text  # OpenSSL cell, our total
+    # OpenSSL + C library: 1,600 µs, 100% of nginx's whole 1,600 µs connection
+    assert "OpenSSL and the C library 1,600 µs per new connection (100% of nginx's" in text
+    assert "Python and the kernel 420 µs on top" in text
