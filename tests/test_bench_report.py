@@ -156,3 +156,16 @@ def test_perf_components_group_samples_by_shared_object() -> None:
     # OpenSSL + C library: 1,600 µs, 100% of nginx's whole 1,600 µs connection
     assert "OpenSSL and the C library 1,600 µs per new connection (100% of nginx's" in text
     assert "Python and the kernel 420 µs on top" in text
+
+
+def test_verdict_shows_the_ratio_repetition_by_repetition() -> None:
+    """The median decides; the verdict also says how far single repetitions (run i of
+    each target, interleaved) would have moved it."""
+    results = _results(
+        securewsgi=_target([_run(120), _run(130), _run(140)]),
+        **{"uwsgi-https": _target([_run(100), _run(140), _run(100)])})
+    assert [round(r, 2) for r in report.paired_ratios(results, "keepalive.rps",
+                                                        "uwsgi-https")] == [1.2, 0.93, 1.4]
+    measured, met, verdict = report._ratio_goal("keepalive.rps", "uwsgi-https", 1.2)(results)
+    assert (measured, met) == ("1.30×", True)
+    assert verdict.endswith("repetition by repetition 0.93–1.40×")
