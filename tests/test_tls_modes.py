@@ -181,3 +181,59 @@ def test_mutual_refuses_bad_certificates_with_openssl_s_client(servers, test_pki
     assert "HTTP/1.1 200" not in both
     assert "alert" in both  # the server's refusal reaches the client as a TLS alert
     server.wait_log(f"reason={REFUSAL[kind]}")
+
+
+def test_server_sends_its_certificate_and_the_ca_once_worked_out(servers,
+                                                                 test_pki: PKIFiles) -> None:
+    """The test PKI's certificate file holds the leaf alone: OpenSSL would complete the
+    chain from ca_certs at every handshake; the server now hands it that chain once at
+    start-up, and the client still receives the same two certificates."""
+    alice = test_pki.clients["alice"]
+    result = openssl_s_client(servers["mutual"], "-CAfile", str(test_pki.ca_pem),
+                              "-cert", str(alice.cert), "-key", str(alice.key), "-showcerts",
+                              request=b"GET / HTTP/1.1\r\nHost: localhost\r\n"
+                                      b"Connection: close\r\n\r\n")
+    out = result.stdout.decode(errors="replace")
+    assert out.count("-----BEGIN CERTIFICATE-----") == 2
+    assert "Verify return code: 0 (ok)" in out
+    # in "server" mode there is no ca_certs to complete it from: the leaf alone
+    result = openssl_s_client(servers["server"], "-CAfile", str(test_pki.ca_pem),
+                              "-showcerts", request=b"GET / HTTP/1.1\r\nHost: localhost\r\n"
+                                                    b"Connection: close\r\n\r\n")
+    assert result.stdout.decode(errors="replace").count("-----BEGIN CERTIFICATE-----") == 1
+
+
+def test_own_chain_is_worked_out_only_when_it_is_unambiguous() -> None:
+    """`own_chain`: the issuers above a lone leaf, from ca_certs, up to a self-signed
+    certificate; nothing when the file has a chain, the leaf is self-signed, an
+    issuer is missing or two different certificates could be the issuer."""
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from securewsgi.tls.context import own_chain
+
+    def load(blob: trustme.Blob) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(blob.bytes())
+
+    root = trustme.CA()
+    intermediate = root.create_child_ca()
+    leaf = load(intermediate.issue_cert("localhost").cert_chain_pems[0])
+    root_cert, middle, other = load(root.cert_pem), load(intermediate.cert_pem), \
+        load(trustme.CA().cert_pem)
+    assert own_chain([leaf], [other, middle, root_cert]) == [middle, root_cert]
+    assert own_chain([leaf], [middle, middle, root_cert]) == [middle, root_cert]  # a copy
+    assert own_chain([leaf, middle], [middle, root_cert]) == []  # the file has a chain
+    assert own_chain([leaf], [middle]) == []  # the root is missing
+    assert own_chain([root_cert], [root_cert]) == []  # self-signed leaf
+    # the intermediate re-issued (same name and key, new serial): OpenSSL might pick
+    # either, so the choice stays OpenSSL's
+    root_key = serialization.load_pem_private_key(root.private_key_pem.bytes(), None)
+    reissued = (x509.CertificateBuilder().subject_name(middle.subject)
+                .issuer_name(middle.issuer).public_key(middle.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(middle.not_valid_before_utc)
+                .not_valid_after(middle.not_valid_after_utc)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(root_key, hashes.SHA256()))
+    assert own_chain([leaf], [middle, reissued, root_cert]) == []

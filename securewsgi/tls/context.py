@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ssl
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
@@ -37,6 +39,7 @@ DEFAULT_CIPHERS = (
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 _MODES = {"server": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "mutual": ssl.CERT_REQUIRED}
 _CA_SUFFIXES = (".pem", ".crt", ".cer")
+_MAX_CHAIN = 10  # certificates above ours; OpenSSL's default verify depth is 100
 
 
 def ca_files(path: Path) -> list[Path]:
@@ -113,7 +116,8 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     assert tls.certfile is not None  # config guarantees it for every TLS mode
     now = datetime.datetime.now(datetime.timezone.utc)
     warnings: list[str] = []
-    leaf = _read_certificates(source, "tls.certfile", tls.certfile)[0]
+    certs = _read_certificates(source, "tls.certfile", tls.certfile)
+    leaf = certs[0]
     _check_validity(source, tls, leaf, now, warnings)
     key_path, key_key = (tls.keyfile, "tls.keyfile") if tls.keyfile else (tls.certfile,
                                                                            "tls.certfile")
@@ -130,7 +134,8 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
     next_update = None
     if tls.crl_file is not None:
         revoked, next_update = _check_crl(source, tls.crl_file, ca_certs, now, warnings)
-    context = _make_context(tls, source, ca_certs)
+    chain = own_chain(certs, ca_certs)
+    context = _make_context(tls, source, ca_certs, [leaf, *chain] if chain else [])
     info = CertificateInfo.from_x509(leaf)
     # What a refused handshake's log line says about our side (read only on failure).
     context.securewsgi_server = server_facts(  # type: ignore[attr-defined]
@@ -151,8 +156,68 @@ def build_server_tls(tls: TLSConfig, source: Path) -> ServerTLS:
 # ------------------------------------------------------------------------ the context
 
 
-def _make_context(tls: TLSConfig, source: Path, ca_certs: Sequence[x509.Certificate]
-                  ) -> ssl.SSLContext:
+def own_chain(certfile_certs: Sequence[x509.Certificate],
+              ca_certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The chain OpenSSL would add to our certificate on every handshake, worked out once.
+
+    When the certificate file holds the leaf alone, OpenSSL completes the chain it
+    sends from the verify store (`ca_certs`), and verifies it again, at every handshake
+    (measured: about a tenth of a mutual-TLS connection's CPU). Handing OpenSSL that
+    chain with the certificate sends the same certificates and does the work once.
+    Empty (OpenSSL decides, as before) when the file holds a chain already, when the
+    leaf is self-signed, or when `ca_certs` does not complete the chain to a
+    self-signed certificate with exactly one issuer at each step.
+    """
+    if len(certfile_certs) != 1:
+        return []
+    chain: list[x509.Certificate] = []
+    current = certfile_certs[0]
+    for _ in range(_MAX_CHAIN):
+        if current.issuer == current.subject:
+            return chain
+        issuers = {c.public_bytes(serialization.Encoding.DER): c for c in ca_certs
+                   if c.subject == current.issuer and _issued(current, c)}
+        if len(issuers) != 1:  # none, or a choice OpenSSL might make differently
+            return []
+        current = next(iter(issuers.values()))
+        chain.append(current)
+    return []
+
+
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _load_cert_chain(context: ssl.SSLContext, tls: TLSConfig,
+                     chain: Sequence[x509.Certificate]) -> None:
+    """load_cert_chain; with `chain` (our certificate, then its issuers), from those
+    instead of tls.certfile (OpenSSL reads certificates from files only: a temporary
+    file, of public certificates)."""
+    password = tls.key_password
+    keyfile = str(tls.keyfile or tls.certfile)  # OpenSSL takes the key, skips the certs
+
+    def load(certfile: str) -> None:
+        context.load_cert_chain(certfile, keyfile,
+                                password=lambda: (password or "").encode())
+
+    if not chain:
+        load(str(tls.certfile))
+        return
+    with tempfile.TemporaryDirectory(prefix="securewsgi-chain-") as directory:
+        combined = Path(directory) / "chain.pem"
+        combined.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                      for c in chain))
+        load(str(combined))
+
+
+def _make_context(tls: TLSConfig, source: Path, ca_certs: Sequence[x509.Certificate],
+                  chain: Sequence[x509.Certificate] = ()) -> ssl.SSLContext:
+    """`chain`: the certificates to send, ours first (`own_chain`); empty: as in
+    tls.certfile."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[tls.min_version]
     if tls.max_version:
@@ -165,13 +230,8 @@ def _make_context(tls: TLSConfig, source: Path, ca_certs: Sequence[x509.Certific
     except ssl.SSLError:
         raise ConfigError(source, "tls.ciphers",
                           f"OpenSSL accepts no cipher from {tls.ciphers!r}") from None
-    password = tls.key_password
     try:
-        context.load_cert_chain(
-            str(tls.certfile),
-            str(tls.keyfile) if tls.keyfile else None,
-            password=lambda: (password or "").encode(),
-        )
+        _load_cert_chain(context, tls, chain)
     except ssl.SSLError as exc:  # pre-checks passed, so this is rare: say what OpenSSL said
         raise ConfigError(source, "tls.certfile", f"OpenSSL refused it: {exc.reason or exc}"
                           ) from None
