@@ -26,6 +26,7 @@ def build_server(args: argparse.Namespace) -> wsgi.Server:
     server = wsgi.Server((args.host, args.port), app, timeout=args.timeout)
     adapter = BuiltinSSLAdapter(args.certfile, args.keyfile, certificate_chain=args.ca_certs)
     adapter.context.verify_mode = ssl.CERT_REQUIRED
+    adapter.context.num_tickets = 0  # as every target of the benchmark (no session tickets)
     server.ssl_adapter = adapter
     return server
 

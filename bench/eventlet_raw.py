@@ -33,6 +33,7 @@ def tls_context(certfile: str, keyfile: str, ca_certs: str) -> ssl.SSLContext:
     context.load_cert_chain(certfile, keyfile)
     context.load_verify_locations(ca_certs)
     context.verify_mode = ssl.CERT_REQUIRED
+    context.num_tickets = 0  # as every target of the benchmark (targets.NGINX_NO_TICKETS)
     return context
 
 

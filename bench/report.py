@@ -313,6 +313,8 @@ def judge_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 # -- notes: what makes a number less than it seems -----------------------------------
 
+WITH_TICKETS = {"nginx-tickets"}  # the one target meant to send them (METHOD)
+
 def notes(results: dict[str, Any]) -> list[str]:
     found = []
     server_cpu, client_cpu = (str(results["plan"][key]).split(",")[0].split("-")[0]
@@ -324,6 +326,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         if check and not check.get("mtls_enforced"):
             found.append(f"**{name} accepted a client without a certificate**: its numbers "
                          "are not mutual TLS.")
+        if "stateless" in str(check.get("session_tickets")) and name not in WITH_TICKETS:
+            found.append(f"**{name} sent stateless session tickets** "
+                         f"({check['session_tickets']}): its new-connection numbers include "
+                         "their cost, which the other targets do not pay.")
         noise = []
         for kind, label in (("keepalive", "keep-alive"), ("newconn", "new-connection"),
                             ("rate", "fixed-rate")):
@@ -550,6 +556,14 @@ METHOD = """\
   a client certificate signed by the test CA is required at the handshake. Before
   measuring, the harness checks each target answers ``hello, world`` and refuses a
   client without a certificate. One process runs the app; access logs are on.
+* **The same handshake work everywhere**: no TLS session tickets. securewsgi sends none
+  in mutual mode by default (``tls.session_tickets: auto``); every other target is set
+  the same way (nginx ``ssl_session_tickets off``, uWSGI ``ssl-option = 16384``,
+  Apache ``SSLSessionTickets off``, ``num_tickets = 0`` in the Python servers). With a
+  client certificate, the two tickets OpenSSL sends by default carry the session,
+  certificate included, and cost about a third more CPU per new connection; leaving
+  them on would flatter securewsgi's new-connection numbers. ``nginx-tickets`` is nginx
+  with its default tickets, to show that cost.
 * The server (all its processes) is pinned to CPU {server} and the load generator to
   CPU {client} (``taskset``). Repetitions are interleaved across targets (target order
   inside each repetition), so drift spreads over all of them. Each number is the
@@ -976,8 +990,10 @@ def _targets_section(results: dict[str, Any]) -> list[str]:
             check = entry.get("check") or {}
             tls = f"{check.get('tls_version')} {check.get('cipher')}" if check else "–"
             enforced = {True: "yes", False: "**no**"}.get(check.get("mtls_enforced"), "–")
-            rows.append([name, entry.get("version") or "–", entry["notes"], tls, enforced])
-    lines += table(["target", "version", "configuration", "negotiated", "cert required"], rows)
+            rows.append([name, entry.get("version") or "–", entry["notes"], tls, enforced,
+                         check.get("session_tickets") or "–"])
+    lines += table(["target", "version", "configuration", "negotiated", "cert required",
+                    "session tickets"], rows)
     return lines
 
 

@@ -523,7 +523,33 @@ def verify(env: Env, port: int) -> dict[str, Any]:
     enforced = not refused["ok"] or refused["status"] != 200
     return {"tls_version": good["tls_version"], "cipher": good["cipher"],
             "keep_alive_http11": good["keep_alive"], "mtls_enforced": enforced,
-            "no_cert_result": refused.get("error") or f"HTTP {refused.get('status')}"}
+            "no_cert_result": refused.get("error") or f"HTTP {refused.get('status')}",
+            "session_tickets": session_tickets(env, port)}
+
+
+# A stateless TLS 1.3 ticket carries the whole session (the client certificate
+# included): hundreds of bytes. A stateful one is a session id: a few dozen.
+STATELESS_TICKET_BYTES = 128
+
+
+def session_tickets(env: Env, port: int) -> str:
+    """What the target sends after a full mutual-TLS handshake, as `openssl s_client
+    -msg` shows it: 'none', 'N stateful (B bytes)' or 'N stateless (B bytes)'. Every
+    target should send no stateless ticket (see METHOD in report.py)."""
+    argv = [shutil.which("openssl") or "openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+            "-cert", str(env.client_cert), "-key", str(env.client_key), "-CAfile", str(env.ca),
+            "-msg", "-ign_eof"]
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    try:
+        done = subprocess.run(argv, input=request, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"not checked: {exc}"
+    sizes = [int(size, 16) for size in re.findall(
+        rb"<<< TLS 1.3, Handshake \[length ([0-9a-f]+)\], NewSessionTicket", done.stdout)]
+    if not sizes:
+        return "none"
+    kind = "stateless" if max(sizes) > STATELESS_TICKET_BYTES else "stateful"
+    return f"{len(sizes)} {kind} ({max(sizes)} bytes)"
 
 
 # -- facts about the machine and the tools -------------------------------------------

@@ -250,6 +250,7 @@ def _gunicorn(venv: str, worker: str, extra: list[str]) -> Callable[[Env, str], 
                 "--keyfile", str(env.keyfile), "--ca-certs", str(env.ca), "--cert-reqs", "2",
                 "--keep-alive", str(IDLE_TIMEOUT), "--no-control-socket",
                 "--access-logfile", str(env.workdir / f"{run_id}.access"),
+                "--config", str(BENCH_DIR / "gunicorn_no_tickets.py"),
                 "--chdir", str(BENCH_DIR), "hello:app"]
         return Launch(argv, port)
     return launch
@@ -303,8 +304,14 @@ NGINX_SERVER = """\
         ssl_certificate_key {key};
         ssl_client_certificate {ca};
         ssl_verify_client on;
-        location / {{ return 200 "hello, world\\n"; }}
+{tickets}        location / {{ return 200 "hello, world\\n"; }}
     }}"""
+# securewsgi sends no session tickets in mutual mode (tls.session_tickets auto): with a
+# client certificate, each of the two tickets OpenSSL sends by default costs about a
+# sixth of the handshake (the session, certificate included, encrypted into it). Every
+# peer is set the same way, so every target does the same handshake work; the
+# nginx-tickets target keeps nginx's default, to show what the tickets cost.
+NGINX_NO_TICKETS = "        ssl_session_tickets off;\n"
 
 NGINX_UWSGI_TEMPLATE = DEPLOY_DIR / "nginx-uwsgi" / "nginx-server.conf.template"
 UWSGI_PARAMS = Path("/etc/nginx/uwsgi_params")  # Debian's nginx-common
@@ -323,15 +330,18 @@ def _nginx_argv(run_dir: Path, conf_path: Path) -> list[str]:
             "-e", str(run_dir / "error.log")]
 
 
-def _nginx(env: Env, run_id: str) -> Launch:
-    port = free_port()
-    run_dir = env.workdir / run_id
-    run_dir.mkdir(exist_ok=True)
-    conf = _nginx_conf(run_dir, NGINX_SERVER.format(port=port, cert=env.certfile,
-                                                    key=env.keyfile, ca=env.ca))
-    conf_path = run_dir / "nginx.conf"
-    conf_path.write_text(conf)
-    return Launch(_nginx_argv(run_dir, conf_path), port, files={"nginx.conf": conf})
+def _nginx(tickets: bool = False) -> Callable[[Env, str], Launch]:
+    def launch(env: Env, run_id: str) -> Launch:
+        port = free_port()
+        run_dir = env.workdir / run_id
+        run_dir.mkdir(exist_ok=True)
+        conf = _nginx_conf(run_dir, NGINX_SERVER.format(
+            port=port, cert=env.certfile, key=env.keyfile, ca=env.ca,
+            tickets="" if tickets else NGINX_NO_TICKETS))
+        conf_path = run_dir / "nginx.conf"
+        conf_path.write_text(conf)
+        return Launch(_nginx_argv(run_dir, conf_path), port, files={"nginx.conf": conf})
+    return launch
 
 
 def _nginx_version() -> str:
@@ -386,7 +396,8 @@ def _uwsgi_nginx(env: Env, run_id: str) -> Launch:
         "CLIENT_CA": str(env.ca), "UWSGI_SOCKET": str(socket_path)})
     if "ssl_verify_client optional;" not in server:
         raise ValueError(f"{NGINX_UWSGI_TEMPLATE}: expected 'ssl_verify_client optional;'")
-    server = server.replace("ssl_verify_client optional;", "ssl_verify_client on;")
+    server = server.replace("ssl_verify_client optional;",
+                            "ssl_verify_client on;\n" + NGINX_NO_TICKETS.rstrip("\n"))
     (run_dir / "server.conf").write_text(server)
     shutil.copy(UWSGI_PARAMS, run_dir / "uwsgi_params")
     conf = _nginx_conf(run_dir, "    include server.conf;")
@@ -414,8 +425,10 @@ def _uwsgi_nginx_version() -> str:
 def _uwsgi(env: Env, run_id: str) -> Launch:
     port = free_port()
     https = f"127.0.0.1:{port},{env.certfile},{env.keyfile},HIGH,!{env.ca}"  # ! = required
-    argv = [script("uwsgi"), "--master", "--workers", "1", "--die-on-term",
-            "--https", https, "--http-keepalive", "--http-timeout", str(IDLE_TIMEOUT),
+    # --ini first: uWSGI builds the TLS context with the ssl options read so far
+    argv = [script("uwsgi"), "--ini", str(BENCH_DIR / "uwsgi-no-tickets.ini"),
+            "--master", "--workers", "1", "--die-on-term", "--https", https,
+            "--http-keepalive", "--http-timeout", str(IDLE_TIMEOUT),
             "--wsgi-file", str(BENCH_DIR / "hello.py"), "--callable", "app",
             "--logto", str(env.workdir / f"{run_id}.access")]
     return Launch(argv, port)
@@ -454,6 +467,7 @@ MOD_WSGI_INCLUDE = """\
 SSLCACertificateFile {ca}
 SSLVerifyClient require
 SSLVerifyDepth 1
+SSLSessionTickets off
 StartServers 4
 MinSpareThreads 64
 MaxSpareThreads 128
@@ -513,6 +527,10 @@ def _found(name: str) -> Callable[[], str]:
     return lambda: f"{name} {_module_version(name) or '?'}"
 
 
+NGINX_NOTES = ("worker_processes 1, ssl_verify_client on, return 200 \"hello, world\\n\", "
+               "access log to a file, ssl_protocols TLSv1.2 TLSv1.3 (1.22 leaves 1.3 out), "
+               "worker_connections 16384, keepalive_requests 1000000")
+
 SECUREWSGI_NOTES = ("identity remote_user=cn, one rule allowing cn=alice on /* (default "
                     "deny), access log to a file, socket_timeout 120 s, max_connections "
                     "12000 (the documented setting for many idle clients), everything else "
@@ -527,13 +545,15 @@ TARGETS: tuple[Target, ...] = (
            "monkey-patching)",
            _securewsgi("threads"), _securewsgi_missing, _securewsgi_version, profile=True),
     Target("uwsgi-https", "uWSGI --https router + 1 worker",
-           "--https addr,cert,key,HIGH,!ca (client certificate required), --master "
+           "--https addr,cert,key,HIGH,!ca (client certificate required), ssl-option = "
+           "16384 (SSL_OP_NO_TICKET, as every target: bench/uwsgi-no-tickets.ini), --master "
            "--workers 1 --http-keepalive --http-timeout 120, request log to a file; the "
            "router and the worker are two processes, both on the server CPU",
            _uwsgi, _uwsgi_missing, _uwsgi_version),
     Target("uwsgi-nginx", "nginx -> uWSGI (uwsgi protocol), 1 uWSGI process",
            "etc/deploy/nginx-uwsgi/nginx-server.conf.template rendered as shipped except "
-           "ssl_verify_client on (required, not optional); nginx worker_processes 1, access "
+           "ssl_verify_client on (required, not optional) and ssl_session_tickets off (as "
+           "every target); nginx worker_processes 1, access "
            "log; uWSGI --master --processes 1 --socket (unix) --buffer-size 32768, request "
            "log; both on the server CPU",
            _uwsgi_nginx, _uwsgi_nginx_missing, _uwsgi_nginx_version),
@@ -541,33 +561,40 @@ TARGETS: tuple[Target, ...] = (
            "mod_wsgi-express start-server --processes 1 (one daemon process, its default 5 "
            "threads), --https-only, --keep-alive-timeout 120, --access-log; client "
            "certificate required at the handshake by an --include-file (SSLVerifyClient "
-           "require; mod_wsgi-express's own --ssl-verify-client asks after the handshake, "
+           "require, and SSLSessionTickets off as every target; mod_wsgi-express's own "
+           "--ssl-verify-client asks after the handshake, "
            "TLS 1.3 post-handshake auth), as etc/deploy/apache-mod_wsgi does; Apache's event "
            "MPM sized for the 50 connections (--max-clients 64, StartServers 4, spare "
            "threads 64-128: with mod_wsgi-express's 20 it closed a third of the keep-alive "
            "connections); run in a user namespace when root (Apache refuses root)",
            _mod_wsgi, _mod_wsgi_missing, _mod_wsgi_version),
     Target("nginx", "nginx (Debian), the ceiling (no Python)",
-           "worker_processes 1, ssl_verify_client on, return 200 \"hello, world\\n\", "
-           "access log to a file, ssl_protocols TLSv1.2 TLSv1.3 (1.22 leaves 1.3 out), "
-           "worker_connections 16384, keepalive_requests 1000000",
-           _nginx, _nginx_missing, _nginx_version),
+           NGINX_NOTES + ", ssl_session_tickets off",
+           _nginx(), _nginx_missing, _nginx_version),
+    Target("nginx-tickets", "nginx, with its default session tickets",
+           NGINX_NOTES + "; ssl_session_tickets left on (nginx's default: two TLS 1.3 "
+           "tickets per full handshake), to show what they cost",
+           _nginx(tickets=True), _nginx_missing, _nginx_version),
     Target("eventlet-raw", "eventlet.wsgi.server on a green TLS socket",
            "bench/eventlet_raw.py: PROTOCOL_TLS_SERVER + CERT_REQUIRED green context "
-           "wrapped around the listener, monkey_patch(), access log to a file, defaults "
-           "(pool of 1024)", _bench_script("eventlet_raw.py"), _securewsgi_missing,
+           "wrapped around the listener (num_tickets 0, as every target), monkey_patch(), "
+           "access log to a file, defaults (pool of 1024)", _bench_script("eventlet_raw.py"),
+           _securewsgi_missing,
            lambda: f"eventlet {_module_version('eventlet')}"),
     Target("gunicorn-eventlet", "gunicorn 25.3 -k eventlet",
            "1 worker, --worker-connections default (1000), --keep-alive 120, access log "
-           "to a file", _gunicorn("gunicorn-eventlet", "eventlet", []),
+           "to a file, no session tickets (bench/gunicorn_no_tickets.py)",
+           _gunicorn("gunicorn-eventlet", "eventlet", []),
            _venv_missing("gunicorn-eventlet"),
            _venv_version("gunicorn-eventlet", ("gunicorn", "eventlet"))),
     Target("gunicorn-gthread", "gunicorn (current) -k gthread",
-           "1 worker, --threads 4, --keep-alive 120, access log to a file",
+           "1 worker, --threads 4, --keep-alive 120, access log to a file, no session "
+           "tickets (bench/gunicorn_no_tickets.py)",
            _gunicorn("gunicorn-gthread", "gthread", ["--threads", "4"]),
            _venv_missing("gunicorn-gthread"), _venv_version("gunicorn-gthread", ("gunicorn",))),
     Target("cheroot", "cheroot BuiltinSSLAdapter",
-           "bench/cheroot_server.py: verify_mode set to CERT_REQUIRED, defaults (10 threads, "
+           "bench/cheroot_server.py: verify_mode set to CERT_REQUIRED, num_tickets 0, "
+           "defaults (10 threads, "
            "keep_alive_conn_limit 10, listen backlog 5), timeout 120 s, no access log "
            "(cheroot has none)",
            _bench_script("cheroot_server.py"), _cheroot_missing, _found("cheroot")),

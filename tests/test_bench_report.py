@@ -169,3 +169,20 @@ def test_verdict_shows_the_ratio_repetition_by_repetition() -> None:
     measured, met, verdict = report._ratio_goal("keepalive.rps", "uwsgi-https", 1.2)(results)
     assert (measured, met) == ("1.30×", True)
     assert verdict.endswith("repetition by repetition 0.93–1.40×")
+
+
+def test_a_target_sending_stateless_tickets_is_called_out() -> None:
+    """Every target should do the same handshake work (no stateless session tickets);
+    one that did not is named on the page, except nginx-tickets, which is there to
+    show their cost."""
+    def checked(tickets: str) -> dict[str, Any]:
+        return {**_target([_run(100)]), "check": {"mtls_enforced": True,
+                                                 "session_tickets": tickets}}
+
+    results = _results(**{"uwsgi-https": checked("2 stateless (697 bytes)"),
+                          "nginx": checked("2 stateful (57 bytes)"),
+                          "nginx-tickets": checked("2 stateless (697 bytes)"),
+                          "securewsgi": checked("none")})
+    found = " ".join(report.notes(results))
+    assert "uwsgi-https sent stateless session tickets" in found
+    assert "nginx-tickets sent" not in found and "**nginx sent" not in found
