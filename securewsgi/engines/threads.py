@@ -54,7 +54,7 @@ Task = Callable[[], None]
 _TRANSIENT_ACCEPT = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                      errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _ACCEPT_BATCH = 64  # connections accepted per wake-up before others get a turn
-_POLL_SECONDS = 0.5  # how often the polling thread looks at the stop flag
+_POLL_SECONDS = 0.5  # how often an idle pool thread looks at the stop flag
 _HANDOFF_SECONDS = 0.01  # a leader busy this long gets a spare polling in its place
 _WATCH_SECONDS = 0.005
 _M_ARENA_MAX = -8  # glibc malloc.h
@@ -155,7 +155,7 @@ class _Server:
         while not self.stopped:
             with turn:
                 while self.pollers and not self.stopped:
-                    turn.wait()  # a spare: woken by the watcher or by close()
+                    turn.wait(_POLL_SECONDS)  # a spare: someone else polls
                 self.pollers += 1
             try:
                 events = poll(_POLL_SECONDS, 1)
