@@ -204,14 +204,17 @@ def _load_cert_chain(context: ssl.SSLContext, tls: TLSConfig,
         context.load_cert_chain(certfile, keyfile,
                                 password=lambda: (password or "").encode())
 
-    if not chain:
-        load(str(tls.certfile))
-        return
-    with tempfile.TemporaryDirectory(prefix="securewsgi-chain-") as directory:
-        combined = Path(directory) / "chain.pem"
-        combined.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
-                                      for c in chain))
-        load(str(combined))
+    if chain:
+        try:
+            with tempfile.TemporaryDirectory(prefix="securewsgi-chain-") as directory:
+                combined = Path(directory) / "chain.pem"
+                combined.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM)
+                                              for c in chain))
+                load(str(combined))
+                return
+        except OSError:  # no writable temporary directory: OpenSSL builds it, as before
+            pass
+    load(str(tls.certfile))
 
 
 def _make_context(tls: TLSConfig, source: Path, ca_certs: Sequence[x509.Certificate],
